@@ -1,0 +1,86 @@
+"""ModelConfig: the architecture and the preprocessing spec, saved in every checkpoint."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Optional
+
+from .errors import SiamsearchError
+
+#: Backbones :class:`siamsearch.model.EmbeddingNet` can build.
+BACKBONES = ("smallcnn", "resnet18", "resnet34", "resnet50", "efficientnet_b0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the network and feed it images.
+
+    Attributes:
+        backbone: one of :data:`BACKBONES`.
+        input_size: images are resized to ``input_size x input_size`` pixels.
+        in_channels: 1 (grey) or 3 (RGB); every image is converted to this.
+        embedding_dim: length ``d`` of the L2-normalised embedding.
+        mean, std: per-channel normalisation applied after scaling pixels to [0, 1];
+            one value per input channel.
+        hflip: whether horizontal flips are a valid augmentation for this data
+            (faces, products: yes; characters and digits: no).
+    """
+
+    backbone: str = "smallcnn"
+    input_size: int = 64
+    in_channels: int = 1
+    embedding_dim: int = 128
+    mean: tuple = (0.5,)
+    std: tuple = (0.5,)
+    hflip: bool = False
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise SiamsearchError(
+                f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}"
+            )
+        if self.in_channels not in (1, 3):
+            raise SiamsearchError(f"in_channels must be 1 or 3, got {self.in_channels}")
+        if not (8 <= int(self.input_size) <= 1024):
+            raise SiamsearchError(f"input_size must be between 8 and 1024 pixels, got {self.input_size}")
+        if not (2 <= int(self.embedding_dim) <= 4096):
+            raise SiamsearchError(f"embedding_dim must be between 2 and 4096, got {self.embedding_dim}")
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
+            raise SiamsearchError(
+                f"mean and std need one value per channel ({self.in_channels}); "
+                f"got mean={self.mean}, std={self.std}"
+            )
+        if any(s <= 0 for s in self.std):
+            raise SiamsearchError(f"std values must be positive, got {self.std}")
+
+    @classmethod
+    def for_channels(cls, in_channels: int, **kwargs: Any) -> "ModelConfig":
+        """A config with neutral normalisation (mean 0.5, std 0.5) for 1 or 3 channels."""
+        kwargs.setdefault("mean", (0.5,) * in_channels)
+        kwargs.setdefault("std", (0.5,) * in_channels)
+        return cls(in_channels=in_channels, **kwargs)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise SiamsearchError(
+                f"model config has unknown fields {sorted(unknown)}; "
+                "was it written by a newer siamsearch? Upgrade siamsearch."
+            )
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, s: str) -> "ModelConfig":
+        return cls.from_dict(json.loads(s))

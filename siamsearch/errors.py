@@ -1,0 +1,38 @@
+"""The package's own exception types.
+
+Every user mistake (bad path, wrong file, mismatched model) raises a
+:class:`SiamsearchError` whose message says what to do. The CLI prints such
+errors without a traceback and exits with status 2.
+"""
+from __future__ import annotations
+
+
+class SiamsearchError(Exception):
+    """A user-facing error; its message says what went wrong and how to fix it."""
+
+
+class UnreadableImage(SiamsearchError):
+    """An image file that cannot be decoded.
+
+    Attributes:
+        path: the file (as given).
+        reason: a short, stable reason (``"empty file"``, ``"not an image"``,
+            ``"truncated"``, ``"decompression bomb"``, ...).
+    """
+
+    def __init__(self, path: str, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class CheckpointError(SiamsearchError):
+    """A checkpoint that is corrupt, foreign, or carries pickled code."""
+
+
+class FingerprintMismatch(SiamsearchError):
+    """An artifact (gallery, calibration) made by another model than the one given."""
+
+
+class GalleryError(SiamsearchError):
+    """A gallery folder that is missing, damaged or inconsistent."""

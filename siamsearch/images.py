@@ -1,0 +1,160 @@
+"""Reading image files: one place that decodes, and one list of reasons why not.
+
+Every component that opens user images (datasets, indexer, query, data check)
+goes through :func:`read_image`, so a skipped file has the same reason
+everywhere.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Iterator, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import SiamsearchError, UnreadableImage
+
+#: File name endings scanned as images (compared lower-case).
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+
+#: Images with more pixels than this are refused as decompression bombs
+#: (about 16k x 16k; PIL's own default warns at 89 Mpx and fails at 179 Mpx).
+MAX_PIXELS = 16384 * 16384
+
+ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+
+def is_image_file(path: Union[str, os.PathLike]) -> bool:
+    """True when the file name ends with one of :data:`IMAGE_EXTENSIONS`."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_images(root: Union[str, os.PathLike]) -> list[Path]:
+    """All image files below ``root``, recursively, sorted, hidden entries skipped.
+
+    Raises:
+        SiamsearchError: when ``root`` is not a folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise SiamsearchError(f"{root} is not a folder; give a folder of images")
+    return sorted(iter_images(root))
+
+
+def iter_images(root: Path) -> Iterator[Path]:
+    """Yield image files below ``root`` in directory order (streaming, unsorted)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if not name.startswith(".") and is_image_file(name):
+                yield Path(dirpath) / name
+
+
+def sha256_file(path: Union[str, os.PathLike], chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def _decode(fp, name: str) -> Image.Image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(fp)
+        except UnidentifiedImageError:
+            raise UnreadableImage(name, "not an image (unknown format)") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise UnreadableImage(name, "decompression bomb (too many pixels)") from None
+        w, h = img.size
+        if w * h > MAX_PIXELS:
+            raise UnreadableImage(name, f"decompression bomb ({w}x{h} pixels > {MAX_PIXELS})")
+        if w == 0 or h == 0:
+            raise UnreadableImage(name, "empty image (zero width or height)")
+        try:
+            img.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise UnreadableImage(name, "decompression bomb (too many pixels)") from None
+        except OSError as e:
+            msg = str(e).lower()
+            reason = "truncated" if "truncat" in msg or "broken" in msg else f"corrupt ({e})"
+            raise UnreadableImage(name, reason) from None
+        except (SyntaxError, ValueError, EOFError) as e:
+            raise UnreadableImage(name, f"corrupt ({e})") from None
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a broken EXIF block should not lose the pixels
+        pass
+    return img
+
+
+def read_image(path: Union[str, os.PathLike]) -> Image.Image:
+    """Decode an image file fully, with EXIF orientation applied.
+
+    Returns:
+        A loaded PIL image in its original mode (1, L, P, RGB, RGBA, CMYK, I;16, ...).
+
+    Raises:
+        UnreadableImage: with a short reason: ``missing``, ``empty file``,
+            ``not an image``, ``truncated``, ``corrupt (...)``, ``decompression bomb``.
+    """
+    name = str(path)
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        raise UnreadableImage(name, "missing or not readable") from None
+    if size == 0:
+        raise UnreadableImage(name, "empty file (0 bytes)")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise UnreadableImage(name, f"not readable ({e.strerror})") from None
+    return _decode(io.BytesIO(data), name)
+
+
+def read_image_bytes(data: bytes, name: str) -> Image.Image:
+    """Decode an image from bytes (e.g. a zip member); ``name`` is used in errors."""
+    if not data:
+        raise UnreadableImage(name, "empty file (0 bytes)")
+    return _decode(io.BytesIO(data), name)
+
+
+def as_pil(image: ImageLike) -> Image.Image:
+    """Accept a path, a PIL image or an array and return a PIL image.
+
+    Arrays are ``[H, W]`` (grey) or ``[H, W, C]`` with C in {1, 3, 4}, uint8
+    (0..255) or float (0..1).
+    """
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[:, :, 0]
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+            raise SiamsearchError(
+                f"an image array must be [H, W] or [H, W, 3|4]; got shape {tuple(image.shape)}"
+            )
+        if arr.dtype != np.uint8:
+            arr = np.asarray(arr, dtype=np.float64)
+            if arr.size and arr.max() <= 1.0:
+                arr = arr * 255.0
+            arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr)
+    raise SiamsearchError(
+        f"cannot use {type(image).__name__} as an image; give a file path, a PIL image or a numpy array"
+    )
