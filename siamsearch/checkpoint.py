@@ -1,0 +1,178 @@
+"""Self-describing checkpoints, loaded without unpickling code.
+
+A checkpoint is a ``torch.save`` of a plain dict holding only tensors, numbers
+and JSON strings, so ``torch.load(weights_only=True)`` reads it:
+
+===================  ========================================================
+key                  content
+===================  ========================================================
+``format``           ``"siamsearch.checkpoint"``
+``format_version``   ``1``
+``config``           :class:`ModelConfig` as JSON (architecture + preprocessing spec)
+``state_dict``       the :class:`EmbeddingNet` weights
+``card``             training card JSON: data digest, loss, hyperparameters,
+                     seed, history, best epoch, library versions, identities
+``fingerprint``      16 hex chars: SHA-256 of config JSON and weights
+``calibration``      JSON of the calibration record, or ``""``
+``head_state``       loss-head tensors (ArcFace class weights); not needed to embed
+``resume``           optimizer state and epoch, for ``--resume`` (last-epoch files only)
+===================  ========================================================
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+
+from .config import ModelConfig
+from .errors import CheckpointError, SiamsearchError
+
+FORMAT = "siamsearch.checkpoint"
+FORMAT_VERSION = 1
+PathLike = Union[str, os.PathLike]
+
+
+def compute_fingerprint(config: ModelConfig, state_dict: dict[str, torch.Tensor]) -> str:
+    """16 hex chars identifying a model: SHA-256 over the config JSON and every weight tensor."""
+    h = hashlib.sha256(config.to_json().encode())
+    for key in sorted(state_dict):
+        t = state_dict[key].detach().to("cpu").contiguous()
+        h.update(key.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded checkpoint (see the module docstring for the on-disk keys)."""
+
+    config: ModelConfig
+    state_dict: dict
+    card: dict
+    fingerprint: str
+    calibration: Optional[dict] = None
+    head_state: dict = field(default_factory=dict)
+    resume: Optional[dict] = None
+
+
+def atomic_torch_save(obj: Any, path: PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_checkpoint(
+    path: PathLike,
+    config: ModelConfig,
+    state_dict: dict,
+    card: dict,
+    *,
+    head_state: Optional[dict] = None,
+    calibration: Optional[dict] = None,
+    resume: Optional[dict] = None,
+) -> str:
+    """Write a checkpoint atomically; returns its fingerprint."""
+    state = {k: v.detach().to("cpu").clone() for k, v in state_dict.items()}
+    fp = compute_fingerprint(config, state)
+    obj = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": config.to_json(),
+        "state_dict": state,
+        "card": json.dumps(card, sort_keys=True),
+        "fingerprint": fp,
+        "calibration": json.dumps(calibration, sort_keys=True) if calibration else "",
+        "head_state": {k: v.detach().to("cpu") for k, v in (head_state or {}).items()},
+    }
+    if resume is not None:
+        obj["resume"] = resume
+    atomic_torch_save(obj, path)
+    return fp
+
+
+def _read(path: PathLike) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise SiamsearchError(f"{path}: no such checkpoint; train one with `siamsearch train --data DIR --out {path}`")
+    if path.is_dir():
+        raise SiamsearchError(f"{path} is a folder; give the checkpoint file (MODEL.pt)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path} carries pickled Python code, which siamsearch refuses to execute "
+            f"(weights-only loading). Only load checkpoints written by siamsearch. ({str(e).splitlines()[0]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError) as e:
+        raise CheckpointError(
+            f"{path} is corrupt or not a siamsearch checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            "re-train it or copy it again"
+        ) from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is a torch file but not a siamsearch checkpoint (no '{FORMAT}' marker); "
+            "train with `siamsearch train` or load backbone weights with `--weights`"
+        )
+    if int(obj.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer siamsearch (format {obj['format_version']}); upgrade siamsearch")
+    return obj
+
+
+def load_checkpoint(path: PathLike, verify: bool = True) -> Checkpoint:
+    """Read a checkpoint with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: pickled code, corrupt file, foreign file, or weights
+            that no longer match the stored fingerprint.
+    """
+    obj = _read(path)
+    try:
+        config = ModelConfig.from_json(obj["config"])
+        card = json.loads(obj["card"])
+        calibration = json.loads(obj["calibration"]) if obj.get("calibration") else None
+        state = obj["state_dict"]
+        fp = obj["fingerprint"]
+    except (KeyError, json.JSONDecodeError, TypeError) as e:
+        raise CheckpointError(f"{path} is damaged: {type(e).__name__} {e}; re-train or copy it again") from None
+    if verify and compute_fingerprint(config, state) != fp:
+        raise CheckpointError(f"{path} is damaged: its weights do not match its fingerprint {fp}; re-train or copy it again")
+    return Checkpoint(
+        config=config, state_dict=state, card=card, fingerprint=fp, calibration=calibration,
+        head_state=obj.get("head_state", {}), resume=obj.get("resume"),
+    )
+
+
+def write_calibration(path: PathLike, record: Optional[dict]) -> None:
+    """Store (or clear, with ``None``) the calibration record inside a checkpoint, atomically.
+
+    Raises:
+        FingerprintMismatch: when ``record["model_fingerprint"]`` is not this checkpoint's.
+    """
+    from .errors import FingerprintMismatch
+
+    obj = _read(path)
+    if record is not None and record.get("model_fingerprint") not in (None, obj["fingerprint"]):
+        raise FingerprintMismatch(
+            f"calibration was made for model {record.get('model_fingerprint')}, "
+            f"but {path} is model {obj['fingerprint']}; calibrate this model with `siamsearch calibrate`"
+        )
+    obj["calibration"] = json.dumps(record, sort_keys=True) if record else ""
+    atomic_torch_save(obj, path)

@@ -1,0 +1,134 @@
+"""EmbeddingNet: the one model class that trains, indexes and verifies.
+
+backbone (features) -> projection head (Linear to ``embedding_dim``) -> L2
+normalisation. Every layer, including the head's input size, is created in
+``__init__`` from the :class:`ModelConfig`; ``forward`` creates nothing.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .errors import SiamsearchError
+
+
+def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class SmallCNN(nn.Module):
+    """A CPU-friendly backbone: 4 conv stages (32, 64, 128, 256 channels), each
+    halving the resolution, then adaptive average pooling to 2x2.
+
+    Input ``[B, C, H, W]`` (any H, W >= 16) -> features ``[B, 1024]``.
+    """
+
+    widths = (32, 64, 128, 256)
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for i, w in enumerate(self.widths):
+            layers.append(_conv_bn_relu(cin, w))
+            if i >= 1:  # a second conv in the deeper stages adds capacity at little cost
+                layers.append(_conv_bn_relu(w, w))
+            layers.append(nn.MaxPool2d(2))
+            cin = w
+        layers.append(nn.AdaptiveAvgPool2d(2))
+        self.body = nn.Sequential(*layers)
+        self.out_features = self.widths[-1] * 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.body(x), 1)
+
+
+def _adapt_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    """Replace a 3-channel stem conv by one taking ``in_channels`` (grey: summed RGB weights)."""
+    if conv.in_channels == in_channels:
+        return conv
+    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
+    with torch.no_grad():
+        new.weight.copy_(conv.weight.sum(dim=1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels)
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    return new
+
+
+def _torchvision_backbone(name: str, in_channels: int, weights: Optional[str]) -> tuple[nn.Module, int]:
+    import torchvision.models as tvm
+
+    builder = getattr(tvm, name)
+    tv_weights = None
+    if weights == "imagenet":  # torchvision's pretrained-weights API; downloads on first use
+        tv_weights = "DEFAULT"
+    net = builder(weights=tv_weights)
+    if weights not in (None, "imagenet"):
+        if not os.path.isfile(weights):
+            raise SiamsearchError(f"--weights {weights}: no such file; give a torchvision state dict saved with torch.save")
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise SiamsearchError(f"--weights {weights}: cannot read it as a torch state dict ({e})") from None
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        bad = [k for k in missing if not k.startswith(("fc.", "classifier."))]
+        if bad:
+            raise SiamsearchError(
+                f"--weights {weights} does not fit {name}: missing {len(bad)} tensors (e.g. {bad[0]}); "
+                f"give weights saved from torchvision.models.{name}"
+            )
+    if name.startswith("resnet"):
+        net.conv1 = _adapt_first_conv(net.conv1, in_channels)
+        dim = net.fc.in_features
+        net.fc = nn.Identity()
+    else:  # efficientnet
+        stem = net.features[0][0]
+        net.features[0][0] = _adapt_first_conv(stem, in_channels)
+        dim = net.classifier[-1].in_features
+        net.classifier = nn.Identity()
+    return net, dim
+
+
+class EmbeddingNet(nn.Module):
+    """Backbone + linear projection + L2 normalisation.
+
+    Args:
+        config: architecture and input spec.
+        weights: optional backbone initialisation for torchvision backbones:
+            a path to a local torchvision state dict, or ``"imagenet"`` to use
+            torchvision's pretrained-weights API (needs internet on first use).
+            Ignored once a checkpoint's weights are loaded.
+
+    ``forward(x)``: ``x [B, in_channels, input_size, input_size]`` float ->
+    ``[B, embedding_dim]`` float, each row of unit L2 norm.
+    """
+
+    def __init__(self, config: ModelConfig, weights: Optional[str] = None):
+        super().__init__()
+        self.config = config
+        if config.backbone == "smallcnn":
+            if weights is not None:
+                raise SiamsearchError("--weights applies to torchvision backbones only, not smallcnn")
+            self.backbone: nn.Module = SmallCNN(config.in_channels)
+            feat_dim = self.backbone.out_features
+        else:
+            self.backbone, feat_dim = _torchvision_backbone(config.backbone, config.in_channels, weights)
+        min_size = 16 if config.backbone == "smallcnn" else 32
+        if config.input_size < min_size:
+            raise SiamsearchError(f"{config.backbone} needs input_size >= {min_size}, got {config.input_size}")
+        self.feature_dim = feat_dim
+        self.head = nn.Linear(feat_dim, config.embedding_dim)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` -> backbone features ``[B, feature_dim]``."""
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(self.forward_features(x)).float(), dim=1)
