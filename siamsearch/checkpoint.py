@@ -117,9 +117,11 @@ def _read(path: PathLike) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "global" not in str(e).lower():  # not a refused class/function: just bytes that are not a checkpoint
+            raise CheckpointError(f"{path} is corrupt or not a siamsearch checkpoint; re-train it or copy it again") from None
         raise CheckpointError(
             f"{path} carries pickled Python code, which siamsearch refuses to execute "
-            f"(weights-only loading). Only load checkpoints written by siamsearch. ({str(e).splitlines()[0]})"
+            f"(weights-only loading). Only load checkpoints written by siamsearch."
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError) as e:
         raise CheckpointError(

@@ -1,0 +1,35 @@
+"""siamsearch: image embeddings for verification and gallery search.
+
+Python API::
+
+    import siamsearch
+    result = siamsearch.train(data="faces/", out="model.pt", epochs=10)
+    model = siamsearch.load_model("model.pt")
+    emb = model.embed(["a.jpg", "b.jpg"])          # [2, d] float32, L2-normalised
+    d = model.distance("a.jpg", "b.jpg")           # Euclidean, in [0, 2]
+
+Names are imported lazily, so ``import siamsearch`` stays fast for the CLI.
+"""
+from importlib import import_module
+
+from ._version import __version__
+from .errors import SiamsearchError
+
+_LAZY = {
+    "ModelConfig": "config",
+    "Embedder": "embedder",
+    "load_model": "embedder",
+    "TrainResult": "trainer",
+    "train": "trainer",
+    "Gallery": "gallery",
+}
+
+__all__ = ["__version__", "SiamsearchError", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'siamsearch' has no attribute {name!r}")

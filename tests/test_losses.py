@@ -1,0 +1,100 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from siamsearch.losses import ArcFaceLoss, BatchHardTripletLoss, ContrastiveLoss, make_loss
+from siamsearch.errors import SiamsearchError
+
+
+def unit(*xy):
+    return torch.tensor([list(v) for v in xy], dtype=torch.float32)
+
+
+def test_contrastive_by_hand():
+    a = unit((1, 0), (1, 0), (0, 1))
+    b = unit((0, 1), (0, 1), (0, 1))  # distances sqrt2, sqrt2, 0
+    is_same = torch.tensor([True, False, False])
+    loss = ContrastiveLoss(margin=1.5)(a, b, is_same)
+    # same pair at d=sqrt2 -> 2; different at sqrt2 -> max(0, 1.5-1.4142)^2; different at 0 -> 1.5^2
+    expected = (2.0 + (1.5 - math.sqrt(2)) ** 2 + 1.5**2) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_contrastive_rejects_int_flags():
+    a = unit((1, 0))
+    with pytest.raises(ValueError):
+        ContrastiveLoss()(a, a, torch.tensor([1]))
+
+
+def test_batch_hard_triplet_by_hand():
+    e = unit((1, 0), (0.6, 0.8), (0, 1), (-1, 0))
+    ids = torch.tensor([0, 0, 1, 1])
+    d = torch.cdist(e, e)
+    margin = 0.5
+    # anchor 0: pos 1, neg min(d02, d03); anchor 1: pos 0, neg min(d12, d13); ...
+    exp = []
+    for i, (p, negs) in enumerate([(1, (2, 3)), (0, (2, 3)), (3, (0, 1)), (2, (0, 1))]):
+        exp.append(max(0.0, d[i, p] - min(d[i, n] for n in negs) + margin))
+    loss = BatchHardTripletLoss(margin=margin)(e, ids)
+    assert loss.item() == pytest.approx(float(sum(exp) / 4), rel=1e-4)
+
+
+def test_batch_hard_no_triplet_is_zero():
+    e = unit((1, 0), (0, 1))
+    assert BatchHardTripletLoss()(e, torch.tensor([0, 1])).item() == 0.0
+
+
+def test_arcface_by_hand():
+    loss_fn = ArcFaceLoss(num_classes=2, embedding_dim=2, scale=10.0, margin=0.5)
+    with torch.no_grad():
+        loss_fn.weight.copy_(unit((1, 0), (0, 1)))
+    e = unit((0.8, 0.6))
+    theta = math.acos(0.8)
+    logits = torch.tensor([[10 * math.cos(theta + 0.5), 10 * 0.6]])
+    expected = F.cross_entropy(logits, torch.tensor([0]))
+    assert loss_fn(e, torch.tensor([0])).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_unknown_loss_is_user_error():
+    with pytest.raises(SiamsearchError):
+        make_loss("hinge", 3, 4)
+
+
+@pytest.mark.parametrize("name", ["contrastive", "triplet", "arcface"])
+def test_learning_direction(name):
+    """A few optimiser steps on separable data shrink same-identity distances and grow different ones.
+
+    This is the test that catches flipped pair labels."""
+    torch.manual_seed(0)
+    n_ids, per = 4, 6
+    centers = torch.randn(n_ids, 16)
+    ids = torch.arange(n_ids).repeat_interleave(per)
+    x = centers[ids] + 1.0 * torch.randn(len(ids), 16)
+    net = torch.nn.Linear(16, 8)
+    loss_fn = make_loss(name, n_ids, 8)
+    opt = torch.optim.SGD(list(net.parameters()) + list(loss_fn.parameters()), lr=0.1)
+    same = ids[:, None] == ids[None, :]
+    off = ~torch.eye(len(ids), dtype=torch.bool)
+
+    def gap():
+        with torch.no_grad():
+            d = torch.cdist(F.normalize(net(x), dim=1), F.normalize(net(x), dim=1))
+        return d[same & off].mean().item(), d[~same].mean().item()
+
+    pos0, neg0 = gap()
+    ia, ib = torch.where(off)
+    for _ in range(100):
+        e = F.normalize(net(x), dim=1)
+        if name == "contrastive":
+            loss = loss_fn(e[ia], e[ib], ids[ia] == ids[ib])
+        else:
+            loss = loss_fn(e, ids)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    pos1, neg1 = gap()
+    assert pos1 < pos0 * 0.8, (pos0, pos1)
+    assert neg1 > neg0, (neg0, neg1)
+    assert neg1 - pos1 > neg0 - pos0 + 0.1

@@ -1,0 +1,45 @@
+import pytest
+import torch
+
+from siamsearch.config import ModelConfig
+from siamsearch.errors import SiamsearchError
+from siamsearch.model import EmbeddingNet
+
+
+@pytest.mark.parametrize("backbone,channels,size", [
+    ("smallcnn", 1, 16), ("smallcnn", 1, 28), ("smallcnn", 3, 105),
+    ("resnet18", 1, 32), ("efficientnet_b0", 3, 32),
+])
+def test_shapes_and_unit_norm(backbone, channels, size):
+    cfg = ModelConfig.for_channels(channels, backbone=backbone, input_size=size, embedding_dim=12)
+    net = EmbeddingNet(cfg).eval()
+    n_modules = len(list(net.modules()))
+    with torch.no_grad():
+        y = net(torch.randn(2, channels, size, size))
+    assert y.shape == (2, 12)
+    assert torch.allclose(y.norm(dim=1), torch.ones(2), atol=1e-5)
+    assert len(list(net.modules())) == n_modules  # forward created no layers
+
+
+def test_config_round_trip_and_validation():
+    cfg = ModelConfig.for_channels(3, backbone="resnet34", input_size=96, embedding_dim=64, hflip=True)
+    assert ModelConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(SiamsearchError, match="backbone"):
+        ModelConfig(backbone="vgg")
+    with pytest.raises(SiamsearchError, match="one value per channel"):
+        ModelConfig(in_channels=3)
+    with pytest.raises(SiamsearchError, match="unknown fields"):
+        ModelConfig.from_dict({**cfg.to_dict(), "colour": 1})
+
+
+def test_local_weights_file_loads_into_resnet(tmp_path):
+    import torchvision
+
+    ref = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "r18.pth"
+    torch.save(ref.state_dict(), path)
+    cfg = ModelConfig.for_channels(3, backbone="resnet18", input_size=32)
+    net = EmbeddingNet(cfg, weights=str(path))
+    assert torch.equal(net.backbone.layer1[0].conv1.weight, ref.layer1[0].conv1.weight)
+    with pytest.raises(SiamsearchError, match="no such file"):
+        EmbeddingNet(cfg, weights=str(tmp_path / "missing.pth"))
