@@ -77,6 +77,12 @@ def _decode(fp, name: str) -> Image.Image:
             raise UnreadableImage(name, "not an image (unknown format)") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise UnreadableImage(name, "decompression bomb (too many pixels)") from None
+        except OSError as e:  # a damaged header fails already when opening
+            msg = str(e).lower()
+            reason = "truncated" if "truncat" in msg or "broken" in msg else f"corrupt ({e})"
+            raise UnreadableImage(name, reason) from None
+        except (SyntaxError, ValueError, EOFError) as e:
+            raise UnreadableImage(name, f"corrupt ({e})") from None
         w, h = img.size
         if w * h > MAX_PIXELS:
             raise UnreadableImage(name, f"decompression bomb ({w}x{h} pixels > {MAX_PIXELS})")
