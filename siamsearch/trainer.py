@@ -238,7 +238,11 @@ def train(
         pair_ds = PairDataset(train_ds.with_transform(train_tf), n_pairs=steps_per_epoch * batch_size if steps_per_epoch else len(train_ds), seed=seed)
         steps = math.ceil(len(pair_ds) / batch_size)
     else:
-        sampler = MPerClassBatchSampler(train_ds.identities, m=m_per_class, batch_size=batch_size, seed=seed,
+        # few identities (e.g. 8 Fashion-MNIST classes): more images per identity, same batch size
+        usable = int((np.bincount(train_ds.identities) >= 2).sum())
+        per_batch = max(2, min(batch_size // m_per_class, usable))
+        m_eff = max(m_per_class, batch_size // per_batch)
+        sampler = MPerClassBatchSampler(train_ds.identities, m=m_eff, batch_size=per_batch * m_eff, seed=seed,
                                         num_batches=steps_per_epoch)
         steps = len(sampler)
     total_steps = max(1, steps * epochs)
