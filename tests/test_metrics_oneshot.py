@@ -11,7 +11,7 @@ from siamsearch.metrics import oneshot
 WAYS = 3
 
 
-def _make_runs(root, n_runs=2, wrong_label_in=None):
+def make_oneshot_runs(root, n_runs=2, wrong_label_in=None):
     """runNN/training/classKK.png (grey level 40*K), runNN/test/itemKK.png, class_labels.txt."""
     rng = np.random.default_rng(0)
     for r in range(1, n_runs + 1):
@@ -42,7 +42,7 @@ def _zip(folder, path, prefix=""):
 
 
 def test_folder_runs_perfect(tmp_path):
-    runs = oneshot.load_oneshot_runs(_make_runs(tmp_path / "all_runs"))
+    runs = oneshot.load_oneshot_runs(make_oneshot_runs(tmp_path / "all_runs"))
     assert [r.name for r in runs] == ["run01", "run02"]
     r = runs[0]
     assert r.ways == WAYS and len(r.queries) == WAYS
@@ -52,7 +52,7 @@ def test_folder_runs_perfect(tmp_path):
 
 
 def test_wrong_label_counts_as_mistake(tmp_path):
-    runs = oneshot.load_oneshot_runs(_make_runs(tmp_path / "all_runs", wrong_label_in=2))
+    runs = oneshot.load_oneshot_runs(make_oneshot_runs(tmp_path / "all_runs", wrong_label_in=2))
     assert oneshot.oneshot_accuracy(runs, _mean_embed) == pytest.approx(5 / 6)
     np.testing.assert_allclose(oneshot.oneshot_per_run(runs, _mean_embed), [1.0, 2 / 3])
     m = oneshot.oneshot_metrics(runs, _mean_embed)
@@ -62,7 +62,7 @@ def test_wrong_label_counts_as_mistake(tmp_path):
 
 @pytest.mark.parametrize("prefix", ["", "all_runs/"])
 def test_zip_same_as_folder(tmp_path, prefix):
-    folder = _make_runs(tmp_path / "all_runs", wrong_label_in=1)
+    folder = make_oneshot_runs(tmp_path / "all_runs", wrong_label_in=1)
     z = _zip(folder, tmp_path / "all_runs.zip", prefix)
     a = oneshot.load_oneshot_runs(folder)
     b = oneshot.load_oneshot_runs(z)
@@ -79,11 +79,11 @@ def test_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SiamsearchError, match="no one-shot runs"):
         oneshot.load_oneshot_runs(tmp_path / "empty")
-    folder = _make_runs(tmp_path / "bad")
+    folder = make_oneshot_runs(tmp_path / "bad")
     (folder / "run01" / "class_labels.txt").write_text("run01/test/item01.png run01/training/class09.png\n")
     with pytest.raises(SiamsearchError, match="class09"):
         oneshot.load_oneshot_runs(folder)
-    runs = oneshot.load_oneshot_runs(_make_runs(tmp_path / "ok"))
+    runs = oneshot.load_oneshot_runs(make_oneshot_runs(tmp_path / "ok"))
     with pytest.raises(SiamsearchError, match="embed_fn"):
         oneshot.oneshot_accuracy(runs, lambda ims: np.zeros((1, 2)))
 

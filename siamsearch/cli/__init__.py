@@ -51,6 +51,7 @@ def _register() -> None:
     from . import train as _train
 
     main.add_command(_train.train)
+    from . import evaluate as _evaluate; main.add_command(_evaluate.evaluate)  # noqa: E702
 
 
 _register()

@@ -1,0 +1,105 @@
+"""`evaluate` and its report on tiny generated data and an untrained tiny model."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from sklearn.metrics import roc_auc_score
+
+from conftest import make_identity_folders
+from test_metrics_oneshot import make_oneshot_runs
+
+from siamsearch.checkpoint import write_calibration
+from siamsearch.cli import main
+from siamsearch.data import open_dataset, sample_pairs
+from siamsearch.distance import pair_distances
+from siamsearch.embedder import load_model
+from siamsearch.errors import SiamsearchError
+from siamsearch.evaluate import evaluate, is_oneshot_runs, summary_rows
+
+
+@pytest.fixture
+def folders(tmp_path):
+    return make_identity_folders(tmp_path / "ids", n_ids=6, per_id=6)
+
+
+def test_evaluate_writes_metrics_and_report(tiny_model, folders, tmp_path):
+    out = tmp_path / "run"
+    m = evaluate(tiny_model, folders, pairs=300, seed=3, n_boot=20, out=out)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["verification"]["auc"] == m["verification"]["auc"]
+    assert m["dataset"]["n_images"] == 36 and m["dataset"]["n_identities"] == 6
+    assert m["settings"]["seed"] == 3 and m["settings"]["decision_rule"].startswith("distance <= threshold")
+    # independent recomputation of the ROC AUC from the same seeded pairs
+    model, ds = load_model(tiny_model), open_dataset(folders)
+    emb = model.embed([ds.load(i) for i in range(len(ds))])
+    a, b, is_same = sample_pairs(ds.identities, 300, seed=3)
+    d = pair_distances(emb[a], emb[b])
+    assert m["verification"]["auc"]["value"] == pytest.approx(roc_auc_score(is_same, -d), abs=1e-6)
+    assert 0 <= m["identification"]["leave_one_out"]["map_at_r"] <= 1
+    assert m["identification"]["open_set"]["n_unknown"] > 0
+    assert any("not supported" in w for w in m["warnings"])  # TAR@1e-4 from ~150 impostor pairs
+    assert any("no calibrated threshold" in w for w in m["warnings"])
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 6 and "Warnings" in html
+    for name in ("roc", "det", "distances", "cmc", "false_accepts", "false_rejects"):
+        assert (out / "plots" / f"{name}.png").stat().st_size > 1000
+    assert (out / "report.md").exists()
+    assert dict(summary_rows(m))["ROC AUC"].startswith(f"{m['verification']['auc']['value']:.4f}")
+
+
+def test_evaluate_is_seeded(tiny_model, folders):
+    a = evaluate(tiny_model, folders, pairs=200, seed=1, n_boot=10, protocol="verification")
+    b = evaluate(tiny_model, folders, pairs=200, seed=1, n_boot=10, protocol="verification")
+    assert a["verification"] == b["verification"]
+    assert "identification" not in a
+
+
+def test_calibrated_threshold_is_checked(tiny_model, folders):
+    write_calibration(tiny_model, {"threshold": 0.5, "target_far": 0.01, "rule": "distance <= threshold"})
+    m = evaluate(tiny_model, folders, pairs=200, n_boot=0, protocol="verification")
+    c = m["verification"]["calibrated"]
+    assert c["threshold"] == 0.5 and 0 <= c["far"] <= 1 and 0 <= c["tar"] <= 1
+    assert m["verification"]["hardest"]["threshold_kind"] == "calibrated"
+
+
+def test_oneshot_protocol(tiny_model, tmp_path):
+    runs = make_oneshot_runs(tmp_path / "all_runs")
+    assert is_oneshot_runs(runs) and not is_oneshot_runs(tiny_model.parent / "nothing")
+    m = evaluate(tiny_model, runs, protocol="all", out=tmp_path / "o")
+    assert m["oneshot"]["n_runs"] == 2 and 0 <= m["oneshot"]["accuracy"] <= 1
+    assert (tmp_path / "o" / "plots" / "oneshot.png").exists()
+    with pytest.raises(SiamsearchError, match="one-shot"):
+        evaluate(tiny_model, runs, protocol="verification")
+
+
+def test_bad_arguments(tiny_model, folders):
+    with pytest.raises(SiamsearchError, match="one-shot run format"):
+        evaluate(tiny_model, folders, protocol="oneshot")
+    with pytest.raises(SiamsearchError, match="--data"):
+        evaluate(tiny_model, None)
+    with pytest.raises(SiamsearchError, match="protocol"):
+        evaluate(tiny_model, folders, protocol="magic")
+
+
+def test_limit_subsamples(tiny_model, folders):
+    m = evaluate(tiny_model, folders, pairs=100, n_boot=0, limit=20, protocol="identification")
+    assert m["dataset"]["n_images"] == 20
+
+
+def test_cli_table_and_json(tiny_model, folders, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "cli"
+    r = runner.invoke(main, ["evaluate", "--model", str(tiny_model), "--data", str(folders), "--pairs", "200",
+                             "--bootstrap", "10", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "ROC AUC" in r.output and "MAP@R" in r.output and (out / "report.html").exists()
+    r = runner.invoke(main, ["evaluate", "--model", str(tiny_model), "--data", str(folders), "--pairs", "200",
+                             "--bootstrap", "0", "--out", str(out), "--json", "--protocol", "verification"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["verification"]["n_pairs"] == 200
+    r = runner.invoke(main, ["evaluate", "--model", str(tiny_model)])
+    assert r.exit_code == 2 and "--data" in r.output
+    r = runner.invoke(main, ["evaluate", "--model", str(tiny_model), "--data", str(folders), "--protocol", "oneshot",
+                             "--out", str(out)])
+    assert r.exit_code == 2 and "one-shot" in r.output and "Traceback" not in r.output
