@@ -155,3 +155,9 @@ def test_m_per_class_errors():
         MPerClassBatchSampler(np.repeat(np.arange(5), 4), m=4, batch_size=10)
     with pytest.raises(SiamsearchError, match="identities"):
         MPerClassBatchSampler(np.repeat(np.arange(3), 4), m=2, batch_size=8)
+
+
+def test_m_per_class_num_batches_override():
+    y = np.repeat(np.arange(6), 4)
+    s = MPerClassBatchSampler(y, m=2, batch_size=4, seed=0, num_batches=11)
+    assert len(s) == 11 and len(list(s)) == 11
