@@ -52,6 +52,7 @@ def _register() -> None:
 
     main.add_command(_train.train)
     from . import evaluate as _evaluate; main.add_command(_evaluate.evaluate)  # noqa: E702
+    from . import data as _data; main.add_command(_data.data)  # noqa: E702
 
 
 _register()
