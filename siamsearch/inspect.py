@@ -49,9 +49,9 @@ def resolve_config(ds: ImageDataset, model: Optional[PathLike] = None, seed: int
         from .checkpoint import load_checkpoint
 
         return load_checkpoint(model).config, os.fspath(model)
-    from .trainer import _guess_channels_and_size
+    from .trainer import guess_channels_and_size
 
-    channels, size = _guess_channels_and_size(ds, seed)
+    channels, size = guess_channels_and_size(ds, seed)
     return ModelConfig.for_channels(channels, input_size=size), "default"
 
 

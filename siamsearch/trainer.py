@@ -72,7 +72,7 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _guess_channels_and_size(ds: ImageDataset, seed: int) -> tuple[int, int]:
+def guess_channels_and_size(ds: ImageDataset, seed: int) -> tuple[int, int]:
     """Look at up to 16 images: grey everywhere -> 1 channel; their median size -> input size."""
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(ds), size=min(16, len(ds)), replace=False)
@@ -110,9 +110,14 @@ def _validate(net: EmbeddingNet, ds: ImageDataset, device: torch.device, seed: i
     loader = DataLoader(ds, batch_size=max(batch_size, 128), shuffle=False, collate_fn=collate_skip_none)
     embs, ids = [], []
     with torch.inference_mode():
-        for x, y in loader:
+        for batch in loader:
+            if batch is None:  # every image of this batch was unreadable (already warned)
+                continue
+            x, y = batch
             embs.append(net(x.to(device)).float().cpu().numpy())
             ids.append(np.asarray(y))
+    if not embs:
+        raise SiamsearchError("no validation image could be read; run `siamsearch data check` on the dataset")
     emb, ids = np.concatenate(embs), np.concatenate(ids)
     a, b, is_same = sample_pairs(ids, n_pairs, seed=seed)
     auc = roc_auc(pair_distances(emb[a], emb[b]), is_same)
@@ -207,7 +212,7 @@ def train(
         keep = np.sort(np.random.default_rng(seed).choice(len(val_ds), val_max_images, replace=False))
         val_ds = val_ds.subset(keep, reindex=True)
 
-    guess_c, guess_s = _guess_channels_and_size(ds, seed)
+    guess_c, guess_s = guess_channels_and_size(ds, seed)
     config = ModelConfig.for_channels(
         in_channels or guess_c, backbone=backbone, input_size=input_size or guess_s,
         embedding_dim=embedding_dim, hflip=hflip,

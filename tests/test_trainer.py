@@ -1,0 +1,111 @@
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import siamsearch
+from siamsearch.checkpoint import load_checkpoint
+from siamsearch.cli import main
+from siamsearch.errors import SiamsearchError
+
+from conftest import make_identity_folders
+
+FAST = dict(input_size=16, embedding_dim=8, batch_size=8, m_per_class=2, val_fraction=0.34, val_pairs=50,
+            progress=False)
+
+
+@pytest.fixture
+def data(tmp_path):
+    return make_identity_folders(tmp_path / "ids", n_ids=6, per_id=4, size=20)
+
+
+@pytest.mark.parametrize("loss", ["contrastive", "triplet", "arcface"])
+def test_train_writes_loadable_checkpoint(data, tmp_path, loss):
+    out = tmp_path / f"{loss}.pt"
+    result = siamsearch.train(data, out, loss=loss, epochs=2, seed=1, **FAST)
+    ck = load_checkpoint(out)
+    assert result.fingerprint == ck.fingerprint
+    assert len(ck.card["history"]) == 2 and {"val_auc", "val_precision_at_1", "loss"} <= set(ck.card["history"][0])
+    assert ck.card["best_epoch"] == result.best_epoch
+    assert ck.card["hyperparameters"]["loss"] == loss
+    assert set(ck.card["train_identities"]).isdisjoint(ck.card["val_identities"])
+    assert ck.card["data"]["digest"] and ck.card["versions"]["torch"] == torch.__version__
+    assert not (tmp_path / f"{loss}.pt.last").exists()
+    model = siamsearch.load_model(out)
+    paths = sorted(str(p) for p in data.rglob("*.png"))[:3]
+    e1, e2 = model.embed(paths), siamsearch.load_model(out).embed(paths)
+    assert e1.shape == (3, 8) and np.array_equal(e1, e2)
+    if loss == "arcface":
+        assert "weight" in ck.head_state
+
+
+def test_same_seed_same_model(data, tmp_path):
+    a = siamsearch.train(data, tmp_path / "a.pt", epochs=1, seed=3, **FAST)
+    b = siamsearch.train(data, tmp_path / "b.pt", epochs=1, seed=3, **FAST)
+    c = siamsearch.train(data, tmp_path / "c.pt", epochs=1, seed=4, **FAST)
+    assert a.fingerprint == b.fingerprint
+    assert a.fingerprint != c.fingerprint
+
+
+def test_resume_continues_interrupted_run(data, tmp_path, monkeypatch):
+    full = siamsearch.train(data, tmp_path / "full.pt", epochs=3, seed=2, **FAST)
+
+    import siamsearch.trainer as trainer
+
+    calls = {"n": 0}
+    real_validate = trainer._validate
+
+    def crash_after_two(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_validate", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        siamsearch.train(data, tmp_path / "part.pt", epochs=3, seed=2, **FAST)
+    assert (tmp_path / "part.pt.last").exists()
+    monkeypatch.setattr(trainer, "_validate", real_validate)
+    resumed = siamsearch.train(data, tmp_path / "part.pt", epochs=3, seed=2, resume=True, **FAST)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    assert resumed.history[-1]["loss"] == pytest.approx(full.history[-1]["loss"], rel=1e-4)
+    with pytest.raises(SiamsearchError, match="finished run"):
+        siamsearch.train(data, tmp_path / "part.pt", epochs=3, seed=2, resume=True, **FAST)
+
+
+def test_resume_with_other_options_is_refused(data, tmp_path, monkeypatch):
+    import siamsearch.trainer as trainer
+
+    real_validate, calls = trainer._validate, []
+
+    def crash_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_validate", crash_second)
+    with pytest.raises(KeyboardInterrupt):
+        siamsearch.train(data, tmp_path / "m.pt", epochs=2, seed=2, **FAST)
+    with pytest.raises(SiamsearchError, match="other data or options"):
+        siamsearch.train(data, tmp_path / "m.pt", epochs=2, seed=9, resume=True, **FAST)
+
+
+def test_too_few_identities_is_a_clear_error(tmp_path):
+    d = make_identity_folders(tmp_path / "one", n_ids=1, per_id=4)
+    with pytest.raises(SiamsearchError, match="at least 2 identities"):
+        siamsearch.train(d, tmp_path / "m.pt", epochs=1, **FAST)
+
+
+def test_cli_train_and_bad_input(data, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "cli.pt"
+    r = runner.invoke(main, ["train", "--data", str(data), "--out", str(out), "--epochs", "1", "--input-size", "16",
+                             "--embedding-dim", "8", "--batch-size", "8", "--m-per-class", "2", "--val-fraction", "0.34",
+                             "--json"])
+    assert r.exit_code == 0, r.output
+    assert '"fingerprint"' in r.output and out.exists()
+    r = runner.invoke(main, ["train", "--data", str(tmp_path / "nope"), "--out", str(out)])
+    assert r.exit_code == 2 and "does not exist" in r.output
+    r = runner.invoke(main, ["train", "--data", str(data), "--out", str(out), "--loss", "hinge"])
+    assert r.exit_code == 2 and "hinge" in r.output
