@@ -34,11 +34,8 @@ class SmallCNN(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         cin = in_channels
-        for i, w in enumerate(self.widths):
-            layers.append(_conv_bn_relu(cin, w))
-            if i >= 1:  # a second conv in the deeper stages adds capacity at little cost
-                layers.append(_conv_bn_relu(w, w))
-            layers.append(nn.MaxPool2d(2))
+        for w in self.widths:
+            layers += [_conv_bn_relu(cin, w), nn.MaxPool2d(2)]
             cin = w
         layers.append(nn.AdaptiveAvgPool2d(2))
         self.body = nn.Sequential(*layers)

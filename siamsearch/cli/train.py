@@ -8,7 +8,7 @@ import click
 from ..config import BACKBONES
 from ..losses import LOSSES
 
-FORMATS = ("auto", "folders", "idx", "omniglot", "celeba")
+from ..data import FORMATS
 
 
 @click.command(context_settings={"show_default": True})
