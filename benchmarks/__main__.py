@@ -109,13 +109,13 @@ def summarise(runs: list[dict], quick: bool | None, results: Path = RESULTS) -> 
     lines = [
         "### Benchmark results",
         "",
-        f"Measured {m.get('date')} on {m.get('cpu')} ({m.get('cores')} cores"
+        f"Collected {m.get('date')} on {m.get('cpu')} ({m.get('cores')} cores"
         + (f", {m['memory_gb']} GB RAM" if "memory_gb" in m else "")
         + f", GPU: {m.get('cuda') or 'none'}), Python {m.get('python')}, torch {m.get('torch', '?')}, "
         f"faiss {m.get('faiss', '?')}, numpy {m.get('numpy', '?')}.",
         "",
-        "| benchmark | mode | headline figures | details |",
-        "|---|---|---|---|",
+        "| benchmark | mode | measured | headline figures | details |",
+        "|---|---|---|---|---|",
     ]
     status = {Path(r["script"]).stem: r for r in runs}
     for path in sorted(results.glob("*.json")):
@@ -124,7 +124,7 @@ def summarise(runs: list[dict], quick: bool | None, results: Path = RESULTS) -> 
         try:
             result = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
-            lines.append(f"| {path.stem} | | unreadable results file ({e}) | |")
+            lines.append(f"| {path.stem} | | | unreadable results file ({e}) | |")
             continue
         if not isinstance(result, dict):
             continue
@@ -133,11 +133,15 @@ def summarise(runs: list[dict], quick: bool | None, results: Path = RESULTS) -> 
         figs = "; ".join(f"{k}: {_fmt(v)}" for k, v in headline(result).items()) or "(no summary)"
         md = path.with_suffix(".md")
         details = f"[{md.name}](benchmarks/results/{md.name})" if md.exists() else ""
-        lines.append(f"| {name} | {mode} | {figs} | {details} |")
+        mach = result.get("machine") if isinstance(result.get("machine"), dict) else {}
+        when = mach.get("date", "")
+        if mach and (mach.get("cpu"), mach.get("cores")) != (m.get("cpu"), m.get("cores")):
+            when += f" on {mach.get('cpu')} ({mach.get('cores')} cores)"
+        lines.append(f"| {name} | {mode} | {when} | {figs} | {details} |")
         status.pop(path.stem, None)
     for stem, r in status.items():
         if r["status"] != "ok":
-            lines.append(f"| {stem} | | {r['status']}; no results | |")
+            lines.append(f"| {stem} | | | {r['status']}; no results | |")
     if quick is not None:
         lines += ["", f"Run with `python -m benchmarks{' --quick' if quick else ''}`."]
     return "\n".join(lines) + "\n"

@@ -108,6 +108,12 @@ def embed_dataset(model, ds, batch_size: int = 128, progress: bool = False) -> t
     )
 
 
+def _seen_in_training(card: dict, names: Sequence[str]) -> int:
+    """How many of these identity names the model's training card lists as training identities."""
+    trained = card.get("train_identities") if isinstance(card, dict) else None
+    return len(set(map(str, trained)) & set(map(str, names))) if trained else 0
+
+
 def _subsample(n: int, limit: Optional[int], seed: int) -> np.ndarray:
     if limit is None or limit >= n:
         return np.arange(n)
@@ -376,6 +382,13 @@ def evaluate(
             warnings.append(f"{len(failures)} unreadable images were skipped (listed in metrics.json)")
         if np.unique(ids).size < 2:
             raise SiamsearchError(f"{data} has fewer than 2 identities; evaluation needs several")
+        seen = _seen_in_training(model.card, [ds.identity_names[i] for i in np.unique(ids)])
+        metrics["dataset"]["identities_seen_in_training"] = seen
+        if seen:
+            warnings.append(
+                f"{seen} of {metrics['dataset']['n_identities']} identities here were also training identities of "
+                "this model (other images of them); expect lower figures on identities it has never seen"
+            )
         report_data["dataset"] = ds
         if protocol in ("verification", "all"):
             m, curves = _verification(emb, ids, pairs, seed, n_boot, model.calibration, warnings)

@@ -22,15 +22,15 @@ def test_summary_table_from_results(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "machine", lambda: {"cpu": "TestCPU", "cores": 2, "torch": "x", "date": "2020-01-01"})
     (tmp_path / "a.json").write_text(json.dumps({"benchmark": "a", "quick": True, "summary": {"speed": 1.5, "ok": True}}))
     (tmp_path / "b.json").write_text(json.dumps({"accuracy": 0.9, "baselines": {"pixels": 0.4}, "settings": {"lr": 1},
-                                                 "machine": {"cores": 2}}))
+                                                 "machine": {"cores": 8, "cpu": "Other", "date": "2019-05-05"}}))
     (tmp_path / "b.md").write_text("details")
     table = runner.summarise([{"script": "c.py", "status": "failed (exit 1)", "seconds": 1.0}], quick=True,
                              results=tmp_path)
     assert "TestCPU (2 cores" in table
-    assert "| a | quick | speed: 1.5; ok: yes |" in table
-    assert "accuracy: 0.9; baselines.pixels: 0.4 |" in table and "lr" not in table
+    assert "| a | quick |  | speed: 1.5; ok: yes |" in table
+    assert "| 2019-05-05 on Other (8 cores) | accuracy: 0.9; baselines.pixels: 0.4 |" in table and "lr" not in table
     assert "[b.md](benchmarks/results/b.md)" in table
-    assert "| c | | failed (exit 1); no results | |" in table
+    assert "| c | | | failed (exit 1); no results | |" in table
 
 
 def test_readme_paste_is_idempotent(tmp_path):

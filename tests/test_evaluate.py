@@ -103,3 +103,19 @@ def test_cli_table_and_json(tiny_model, folders, tmp_path):
     r = runner.invoke(main, ["evaluate", "--model", str(tiny_model), "--data", str(folders), "--protocol", "oneshot",
                              "--out", str(out)])
     assert r.exit_code == 2 and "one-shot" in r.output and "Traceback" not in r.output
+
+
+def test_warns_about_training_identities(folders, tmp_path):
+    import torch
+
+    from siamsearch.checkpoint import save_checkpoint
+    from siamsearch.config import ModelConfig
+    from siamsearch.model import EmbeddingNet
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(input_size=16, embedding_dim=8)
+    path = tmp_path / "seen.pt"
+    save_checkpoint(path, cfg, EmbeddingNet(cfg).state_dict(), {"train_identities": ["id_0", "id_1", "other"]})
+    m = evaluate(path, folders, pairs=100, n_boot=0, protocol="verification")
+    assert m["dataset"]["identities_seen_in_training"] == 2
+    assert any("2 of 6 identities" in w for w in m["warnings"])
