@@ -53,6 +53,7 @@ def _register() -> None:
     main.add_command(_train.train)
     from . import evaluate as _evaluate; main.add_command(_evaluate.evaluate)  # noqa: E702
     from . import data as _data; main.add_command(_data.data)  # noqa: E702
+    from . import calibrate as _cal, verify as _ver; main.add_command(_cal.calibrate); main.add_command(_ver.verify)  # noqa: E702,E501
 
 
 _register()

@@ -1,0 +1,466 @@
+"""Calibration: choose a verification threshold from data, and keep its evidence with the model.
+
+:func:`calibrate` draws seeded, balanced genuine / impostor pairs from the
+identities of a labelled dataset that the model was **not** trained on (the
+checkpoint's card lists its ``train_identities``; those are left out), embeds
+only the images those pairs use, computes the ROC once
+(:func:`siamsearch.metrics.verification.verification_summary`) and picks a
+threshold by one of three rules:
+
+* ``"far"`` (default): the largest observed distance whose false accept rate on
+  the impostor pairs is at most ``target_far``
+  (:func:`~siamsearch.metrics.verification.threshold_for_far`);
+* ``"eer"``: the equal-error-rate threshold;
+* ``"max-accuracy"``: the threshold of highest accuracy on these pairs.
+
+**Decision rule everywhere: same identity iff ``distance <= threshold``.**
+
+The record stored in the checkpoint (:func:`siamsearch.checkpoint.write_calibration`)
+or in a JSON file holds the threshold, the rule and target, the achieved FAR and
+TAR at the threshold with exact Clopper-Pearson 95% intervals on the pair
+counts, AUC, EER, the numbers of genuine and impostor pairs, the data digest,
+the model fingerprint, the date and the siamsearch version. A record is only
+ever applied to the model whose fingerprint it carries (:func:`check_record`).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from ._version import __version__
+from .distance import pair_distances
+from .errors import CheckpointError, FingerprintMismatch, SiamsearchError
+
+PathLike = Union[str, os.PathLike]
+
+#: Threshold rules accepted by :func:`calibrate`.
+RULES = ("far", "eer", "max-accuracy")
+#: Coverage of the confidence intervals in a record.
+CI_LEVEL = 0.95
+#: How the intervals are computed (stored in every record).
+CI_METHOD = ("Clopper-Pearson exact binomial interval on the pair counts (95%); "
+             "treats pairs as independent trials")
+#: Marker and version of the record layout.
+RECORD_KIND = "siamsearch.calibration"
+RECORD_VERSION = 1
+DECISION_RULE = "distance <= threshold -> same"
+
+
+class CalibrationWarning(UserWarning):
+    """The calibration is usable but weaker than asked (too few impostor pairs, no held-out check...)."""
+
+
+# --------------------------------------------------------------------------- pure pieces
+def binomial_ci(k: int, n: int, level: float = CI_LEVEL) -> tuple[float, float]:
+    """Clopper-Pearson (exact) two-sided interval for a rate ``k / n``.
+
+    Args:
+        k: successes (e.g. impostor pairs accepted), ``0 <= k <= n``.
+        n: trials (e.g. impostor pairs), ``n >= 1``.
+        level: coverage, e.g. 0.95.
+
+    Returns:
+        ``(low, high)`` in [0, 1]; ``low = 0`` when ``k = 0`` and ``high = 1`` when ``k = n``.
+    """
+    from scipy.stats import beta
+
+    k, n = int(k), int(n)
+    if n < 1 or not 0 <= k <= n:
+        raise SiamsearchError(f"a rate needs 0 <= k <= n and n >= 1; got k={k}, n={n}")
+    alpha = 1.0 - level
+    low = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
+    high = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return low, high
+
+
+def choose_threshold(distances: np.ndarray, is_same: np.ndarray, rule: str = "far",
+                     target_far: Optional[float] = 1e-3) -> dict:
+    """Pick a threshold from pair distances by ``rule`` and describe it (no I/O, no model).
+
+    Args:
+        distances: ``[P]`` Euclidean distances in [0, 2].
+        is_same: ``[P]`` bool, True for genuine pairs.
+        rule: ``"far"``, ``"eer"`` or ``"max-accuracy"``.
+        target_far: the FAR target for ``rule="far"`` (ignored by the other rules).
+
+    Returns:
+        The statistical part of a calibration record: ``threshold``, ``rule``, ``target_far``,
+        ``far``/``tar`` with ``far_ci95``/``tar_ci95``, ``false_accepts``, ``true_accepts``,
+        ``accuracy``, ``auc``, ``eer``, ``eer_threshold``, ``n_genuine``, ``n_impostor``,
+        ``min_impostor_pairs`` and ``target_supported`` (rule ``far`` only; else ``None``).
+    """
+    from .metrics import verification as verif
+
+    if rule not in RULES:
+        raise SiamsearchError(f"unknown calibration rule {rule!r}; choose one of {', '.join(RULES)}")
+    if rule == "far":
+        if target_far is None or not 0.0 < float(target_far) < 1.0:
+            raise SiamsearchError(f"--target-far must be in (0, 1), e.g. 1e-3; got {target_far}")
+        target_far = float(target_far)
+    else:
+        target_far = None
+    d = np.asarray(distances, dtype=np.float64).reshape(-1)
+    s = np.asarray(is_same)
+    summary = verif.verification_summary(d, s, fars=(target_far,) if target_far else ())
+    if rule == "far":
+        threshold = summary[f"threshold@{verif.far_key(target_far)}"]
+    elif rule == "eer":
+        threshold = summary["eer_threshold"]
+    else:
+        threshold = summary["best_threshold"]
+    threshold = float(threshold)
+    accepted = d <= threshold
+    n_gen, n_imp = int(s.sum()), int((~s).sum())
+    fa, ta = int(accepted[~s].sum()), int(accepted[s].sum())
+    if rule == "far":  # same point of the same ROC; a mismatch would be a bug in one of the two
+        assert abs(fa / n_imp - summary[f"achieved_far@{verif.far_key(target_far)}"]) < 1e-12
+    return {
+        "threshold": threshold,
+        "decision_rule": DECISION_RULE,
+        "rule": rule,
+        "target_far": target_far,
+        "far": fa / n_imp,
+        "far_ci95": list(binomial_ci(fa, n_imp)),
+        "tar": ta / n_gen,
+        "tar_ci95": list(binomial_ci(ta, n_gen)),
+        "false_accepts": fa,
+        "true_accepts": ta,
+        "accuracy": float(np.mean(accepted == s)),
+        "ci_method": CI_METHOD,
+        "auc": float(summary["auc"]),
+        "eer": float(summary["eer"]),
+        "eer_threshold": float(summary["eer_threshold"]),
+        "n_genuine": n_gen,
+        "n_impostor": n_imp,
+        "min_impostor_pairs": verif.min_impostor_pairs(target_far) if target_far else None,
+        "target_supported": verif.far_supported(n_imp, target_far) if target_far else None,
+    }
+
+
+def check_record(record: Optional[dict], fingerprint: str, where: str = "the model") -> dict:
+    """Refuse a calibration record made for another model.
+
+    Args:
+        record: a calibration record (dict) or ``None``.
+        fingerprint: the fingerprint of the model it is to be used with.
+        where: how to name the model in the message (its path).
+
+    Returns:
+        The record, unchanged.
+
+    Raises:
+        SiamsearchError: when there is no record or it has no threshold.
+        FingerprintMismatch: when ``record["model_fingerprint"]`` is not ``fingerprint``.
+    """
+    if not isinstance(record, dict) or record.get("threshold") is None:
+        raise SiamsearchError(f"{where} has no usable calibration record; run "
+                              f"`siamsearch calibrate --model MODEL.pt --data HELD_OUT_DATA`")
+    if record.get("model_fingerprint") != fingerprint:
+        raise FingerprintMismatch(
+            f"the calibration record was made for model {record.get('model_fingerprint')}, but {where} is model "
+            f"{fingerprint}; a threshold only holds for the model it was chosen for. Re-run "
+            f"`siamsearch calibrate` for this model, or pass --threshold explicitly")
+    return record
+
+
+def load_record(path: PathLike) -> dict:
+    """Read a calibration record from a JSON file written by ``calibrate --out FILE.json`` or
+    from a checkpoint that carries one.
+
+    Raises:
+        SiamsearchError: when the file is missing, unreadable or holds no calibration.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise SiamsearchError(f"{p}: no such calibration file; write one with `siamsearch calibrate --out {p}`")
+    if p.suffix.lower() == ".json":
+        try:
+            record = json.loads(p.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise SiamsearchError(f"{p} is not a readable calibration JSON ({e}); re-run `siamsearch calibrate`") from None
+        if not isinstance(record, dict) or record.get("kind") != RECORD_KIND:
+            raise SiamsearchError(f"{p} is JSON but not a siamsearch calibration record; re-run `siamsearch calibrate`")
+        return record
+    from .checkpoint import load_checkpoint
+
+    record = load_checkpoint(p, verify=False).calibration
+    if record is None:
+        raise SiamsearchError(f"{p} carries no calibration; run `siamsearch calibrate --model {p} --data HELD_OUT_DATA`")
+    return record
+
+
+# --------------------------------------------------------------------------- pairs from data
+def held_out_view(ds, card: dict, include_training_identities: bool = False) -> tuple[object, int, list[str]]:
+    """The part of ``ds`` whose identities the model was not trained on.
+
+    Args:
+        ds: an :class:`~siamsearch.data.ImageDataset`.
+        card: the checkpoint's training card (``card["train_identities"]``: identity names).
+        include_training_identities: keep everything (an optimistic calibration).
+
+    Returns:
+        ``(view, n_excluded_identities, warnings)``; the view keeps the dataset's ids (not reindexed).
+
+    Raises:
+        SiamsearchError: when every identity of ``ds`` was used for training.
+    """
+    notes: list[str] = []
+    trained = card.get("train_identities") if isinstance(card, dict) else None
+    if include_training_identities:
+        notes.append("calibrated on identities the model was trained on (--include-training-identities): "
+                     "the threshold is optimistic for new identities")
+        return ds, 0, notes
+    if not trained:
+        notes.append("the checkpoint does not record its training identities, so held-out data cannot be "
+                     "checked: make sure DATA holds identities the model was not trained on")
+        return ds, 0, notes
+    trained = set(map(str, trained))
+    names = np.asarray([str(n) in trained for n in ds.identity_names], dtype=bool)
+    excluded = names[ds.identities] if len(ds) else np.zeros(0, bool)
+    n_excl = int(np.unique(ds.identities[excluded]).size)
+    keep = np.flatnonzero(~excluded)
+    if keep.size == 0:
+        raise SiamsearchError(
+            f"all {int(np.unique(ds.identities).size)} identities in this data were used to train the model, so "
+            "it cannot measure how the threshold holds for new identities. Calibrate on held-out identities (a "
+            "folder of other people/classes, or the identities of the card's val_identities), or pass "
+            "--include-training-identities to accept an optimistic threshold")
+    return ds.subset(keep, reindex=False), n_excl, notes
+
+
+def _unique_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Indices of the first occurrence of each unordered pair ``{a, b}``, in input order."""
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    _, first = np.unique(np.stack([lo, hi], axis=1), axis=0, return_index=True)
+    return np.sort(first)
+
+
+def calibration_pairs(model, ds, pairs: int, seed: int, batch_size: int = 128,
+                      progress: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Seeded balanced pairs over ``ds``'s identities and their distances under ``model``.
+
+    Pairs come from :func:`siamsearch.data.sample_pairs` (half genuine); repeated
+    unordered pairs (the sampler draws with replacement) are kept once, so the counts in
+    the record are distinct pairs. Only images that occur in a pair are embedded; pairs
+    touching an unreadable image are dropped and counted.
+
+    Returns:
+        ``(distances [P] float64, is_same [P] bool, info)`` with ``info`` keys ``pairs_requested``,
+        ``pairs_repeated``, ``pairs_unreadable``, ``n_unreadable_images``, ``unreadable`` (first 20
+        ``{source, reason}``).
+    """
+    from .data import sample_pairs
+    from .evaluate import embed_dataset
+
+    a, b, is_same = sample_pairs(ds.identities, pairs, seed=seed)
+    first = _unique_pairs(a, b)
+    repeated = int(a.size - first.size)
+    a, b, is_same = a[first], b[first], is_same[first]
+    used = np.unique(np.r_[a, b])
+    emb, kept, failures = embed_dataset(model, ds.subset(used, reindex=False), batch_size=batch_size,
+                                        progress=progress)
+    row = np.full(len(ds), -1, dtype=np.int64)
+    row[used[kept]] = np.arange(kept.size)
+    ok = (row[a] >= 0) & (row[b] >= 0)
+    dist = pair_distances(emb[row[a[ok]]], emb[row[b[ok]]]).astype(np.float64)
+    info = {
+        "pairs_requested": int(pairs),
+        "pairs_repeated": repeated,
+        "pairs_unreadable": int((~ok).sum()),
+        "n_unreadable_images": len(failures),
+        "unreadable": [{"source": s, "reason": r} for _, s, r in failures[:20]],
+    }
+    return dist, is_same[ok], info
+
+
+# --------------------------------------------------------------------------- storage
+def _write_json(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def store_record(record: dict, out: PathLike) -> None:
+    """Store ``record`` into a checkpoint (``write_calibration``) or, for ``*.json``, a JSON file.
+
+    Raises:
+        FingerprintMismatch: when ``out`` is a checkpoint of another model.
+    """
+    out = Path(out)
+    if out.suffix.lower() == ".json":
+        _write_json(out, record)
+        return
+    from .checkpoint import write_calibration
+
+    write_calibration(out, record)
+
+
+def _check_out(out: Path, fingerprint: str) -> None:
+    """Fail before any work when ``out`` is a checkpoint of another model."""
+    if out.suffix.lower() == ".json":
+        return
+    from .checkpoint import load_checkpoint
+
+    try:
+        other = load_checkpoint(out, verify=False).fingerprint
+    except CheckpointError:
+        raise
+    except SiamsearchError:
+        raise SiamsearchError(f"--out {out}: no such checkpoint; store the calibration in the model itself "
+                              f"(the default) or in a .json file") from None
+    if other != fingerprint:
+        raise FingerprintMismatch(f"--out {out} is model {other}, but the calibration is for model {fingerprint}; "
+                                  "store it in the calibrated model (the default) or in a .json file")
+
+
+# --------------------------------------------------------------------------- entry point
+def calibrate(
+    model_path: PathLike,
+    data: Union[PathLike, Sequence[PathLike]],
+    format: str = "auto",
+    rule: str = "far",
+    target_far: float = 1e-3,
+    pairs: int = 20000,
+    seed: int = 0,
+    out: Optional[PathLike] = None,
+    split: Optional[str] = None,
+    include_training_identities: bool = False,
+    batch_size: int = 128,
+    device: str = "auto",
+    progress: bool = False,
+) -> dict:
+    """Choose a verification threshold on held-out identities and store it with the model.
+
+    Args:
+        model_path: checkpoint written by ``siamsearch train``.
+        data: labelled dataset (any layout :func:`siamsearch.data.open_dataset` reads).
+        format: dataset layout, or ``"auto"``.
+        rule: ``"far"`` (largest threshold with FAR <= ``target_far``), ``"eer"`` or ``"max-accuracy"``.
+        target_far: FAR target of rule ``"far"``, in (0, 1).
+        pairs: pairs to draw (half genuine, half impostor; repeats are kept once).
+        seed: seeds the pairs; the same seed and data give the same threshold.
+        out: where to store the record: a checkpoint of the same model (default: ``model_path``
+            itself) or a ``.json`` file.
+        split: dataset split (default: ``test`` for IDX and CelebA, everything otherwise).
+        include_training_identities: also use identities the model was trained on (optimistic).
+        batch_size: images per forward pass.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        progress: a tqdm bar on stderr while embedding.
+
+    Returns:
+        The calibration record (a JSON-safe dict; see the module docstring and README).
+
+    Raises:
+        SiamsearchError: no held-out identity left, too few identities for pairs, bad rule/target.
+        FingerprintMismatch: ``out`` is a checkpoint of another model.
+
+    Warns:
+        CalibrationWarning: fewer impostor pairs than ``3 / target_far``, unreadable images,
+        no record of the training identities.
+    """
+    from .data import open_dataset
+    from .embedder import load_model
+    from .evaluate import _default_split
+
+    if rule not in RULES:
+        raise SiamsearchError(f"unknown calibration rule {rule!r}; choose one of {', '.join(RULES)}")
+    if rule == "far" and not 0.0 < float(target_far) < 1.0:
+        raise SiamsearchError(f"--target-far must be in (0, 1), e.g. 1e-3; got {target_far}")
+    if int(pairs) < 2:
+        raise SiamsearchError(f"--pairs must be at least 2 (one genuine, one impostor); got {pairs}")
+    model = load_model(model_path, device=device)
+    out = Path(model_path if out is None else out)
+    if out.resolve() != Path(model_path).resolve():
+        _check_out(out, model.fingerprint)
+
+    if split is None and isinstance(data, (str, os.PathLike)):
+        split = _default_split(data, format)
+    ds = open_dataset(data, format=format, split=split)
+    held, n_excluded, notes = held_out_view(ds, model.card, include_training_identities)
+    n_ids = int(np.unique(held.identities).size)
+    if n_ids < 2:
+        raise SiamsearchError(
+            f"only {n_ids} identity is left after leaving out the {n_excluded} training identities; calibration "
+            "needs at least 2 held-out identities (impostor pairs) with 2+ images (genuine pairs)")
+    dist, is_same, info = calibration_pairs(model, held, pairs, seed, batch_size=batch_size, progress=progress)
+    if info["n_unreadable_images"]:
+        notes.append(f"{info['n_unreadable_images']} unreadable image(s) skipped; {info['pairs_unreadable']} "
+                     "pair(s) touching them dropped")
+    stats = choose_threshold(dist, is_same, rule=rule, target_far=target_far)
+    if rule == "far" and not stats["target_supported"]:
+        notes.append(
+            f"only {stats['n_impostor']:,} impostor pairs: a FAR of {target_far:g} needs at least "
+            f"{stats['min_impostor_pairs']:,} (3 / FAR) to be measured; the achieved FAR "
+            f"{stats['far']:.2e} has the interval {stats['far_ci95'][0]:.1e}..{stats['far_ci95'][1]:.1e}. "
+            f"Use --pairs {2 * stats['min_impostor_pairs']} or more (with enough held-out identities)")
+    data_paths = os.fspath(data) if isinstance(data, (str, os.PathLike)) else [os.fspath(p) for p in data]
+    record = {
+        "kind": RECORD_KIND,
+        "format_version": RECORD_VERSION,
+        **stats,
+        "n_pairs": stats["n_genuine"] + stats["n_impostor"],
+        "seed": int(seed),
+        **{k: info[k] for k in ("pairs_requested", "pairs_repeated", "pairs_unreadable")},
+        "data_digest": ds.digest(),
+        "data": {
+            "path": data_paths, "format": ds.format, "split": split, "n_images": len(ds),
+            "n_identities": int(np.unique(ds.identities).size), "held_out_images": len(held),
+            "held_out_identities": n_ids, "excluded_training_identities": n_excluded,
+            "held_out_digest": held.digest(), "include_training_identities": bool(include_training_identities),
+            "n_unreadable_images": info["n_unreadable_images"], "unreadable": info["unreadable"],
+        },
+        "model_fingerprint": model.fingerprint,
+        "model_path": os.fspath(model_path),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "siamsearch_version": __version__,
+        "warnings": notes,
+    }
+    for note in notes:
+        warnings.warn(note, CalibrationWarning, stacklevel=2)
+    store_record(record, out)
+    return record
+
+
+def describe(record: dict) -> list[tuple[str, str]]:
+    """Rows ``(name, value)`` that summarise a record for people (used by the CLI)."""
+    rule = record["rule"]
+    rule_text = {"far": f"FAR <= {record.get('target_far'):g}" if record.get("target_far") else "FAR",
+                 "eer": "equal error rate", "max-accuracy": "max accuracy"}.get(rule, rule)
+    lo, hi = record["far_ci95"]
+    tlo, thi = record["tar_ci95"]
+    d = record.get("data", {})
+    return [
+        ("threshold", f"{record['threshold']:.4f}  (same iff distance <= threshold; rule: {rule_text})"),
+        ("FAR", f"{record['far']:.2e}  95% CI [{lo:.1e}, {hi:.1e}]  "
+                f"({record['false_accepts']:,} of {record['n_impostor']:,} impostor pairs accepted)"),
+        ("TAR", f"{record['tar']:.4f}  95% CI [{tlo:.4f}, {thi:.4f}]  "
+                f"({record['true_accepts']:,} of {record['n_genuine']:,} genuine pairs accepted)"),
+        ("AUC / EER", f"{record['auc']:.4f} / {record['eer']:.4f} (EER at d <= {record['eer_threshold']:.4f})"),
+        ("data", f"{d.get('held_out_images', '?')} images of {d.get('held_out_identities', '?')} held-out identities "
+                 f"({d.get('excluded_training_identities', 0)} training identities left out); "
+                 f"digest {str(record.get('data_digest'))[:12]}"),
+        ("model", f"{record['model_fingerprint']}  ({record['created']}, siamsearch {record['siamsearch_version']})"),
+    ]
+
+
+def threshold_source_text(record: dict) -> str:
+    """One line saying where a calibrated threshold came from (rule, FAR/TAR at it, pair count)."""
+    rule = record.get("rule")
+    target = f" target {record['target_far']:g}" if record.get("target_far") else ""
+    return (f"calibration ({rule}{target}): FAR {record['far']:.2e} [{record['far_ci95'][0]:.1e}, "
+            f"{record['far_ci95'][1]:.1e}], TAR {record['tar']:.4f} on {record['n_genuine']:,} genuine / "
+            f"{record['n_impostor']:,} impostor pairs, {record.get('created', '')[:10]}")

@@ -1,0 +1,91 @@
+"""`siamsearch verify`: same identity or not, for one pair or a CSV of pairs."""
+from __future__ import annotations
+
+import json
+
+import click
+
+
+def _source_line(result) -> str:
+    from ..calibration import threshold_source_text
+
+    return "--threshold (explicit)" if result.calibration is None else threshold_source_text(dict(result.calibration))
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("images", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--model", "model", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Checkpoint written by `siamsearch train`.")
+@click.option("--threshold", type=click.FloatRange(0, 2), default=None,
+              help="Distance threshold (same iff distance <= T) [default: the model's calibration].")
+@click.option("--calibration", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Calibration record to use instead of the model's own (.json from `calibrate --out`).")
+@click.option("--pairs", "pairs_csv", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CSV with columns a,b[,is_same] (paths relative to the CSV's folder) to verify in batches.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="With --pairs: write per-pair results (a,b,distance,is_same,expected,error) to this CSV.")
+@click.option("--batch-size", type=click.IntRange(1), default=64, help="Images per forward pass.")
+@click.option("--workers", type=click.IntRange(0), default=0, help="Image-decoding worker processes.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def verify(images, model, threshold, calibration, pairs_csv, out, batch_size, workers, device, as_json):
+    """Are IMAGE_A and IMAGE_B the same identity? (or every pair of --pairs CSV)
+
+    \b
+    Prints same / different, the distance, the threshold and where it came
+    from. The threshold is --threshold or the model's calibration (run
+    `siamsearch calibrate` first); there is no built-in default.
+
+    \b
+    Examples:
+      siamsearch verify a.png b.png --model model.pt
+      siamsearch verify a.png b.png --model model.pt --threshold 0.8 --json
+      siamsearch verify --pairs pairs.csv --model model.pt --out results.csv
+    """
+    from ..embedder import load_model
+    from ..verification import resolve_threshold, verify_pairs, write_pairs_csv
+
+    if pairs_csv is None and len(images) != 2:
+        raise click.UsageError("give two images (IMAGE_A IMAGE_B) or --pairs pairs.csv")
+    if pairs_csv is not None and images:
+        raise click.UsageError("give either two images or --pairs, not both")
+    if out is not None and pairs_csv is None:
+        raise click.UsageError("--out writes per-pair results of --pairs; use --json for one pair")
+    net = load_model(model, device=device)
+    resolve_threshold(net, threshold, calibration)  # fail before any image work when there is no threshold
+    if pairs_csv is None:
+        from ..verification import verify as run_verify
+
+        result = run_verify(net, images[0], images[1], threshold=threshold, calibration=calibration)
+        if as_json:
+            click.echo(json.dumps(result.to_dict(), indent=2))
+            return
+        click.echo(f"{'SAME' if result.is_same else 'DIFFERENT'}: distance {result.distance:.4f} "
+                   f"{'<=' if result.is_same else '>'} threshold {result.threshold:.4f}")
+        click.echo(f"threshold from {_source_line(result)}")
+        return
+    report = verify_pairs(net, pairs_csv, threshold=threshold, calibration=calibration, batch_size=batch_size,
+                          workers=workers, progress=not as_json)
+    if out is not None:
+        write_pairs_csv(report, out)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        n_same = sum(bool(p.is_same) for p in report.pairs)
+        scored = len(report.pairs) - report.n_failed
+        click.echo(f"{len(report.pairs)} pairs: {n_same} same, {scored - n_same} different, "
+                   f"{report.n_failed} not scored (unreadable image)")
+        click.echo(f"threshold {report.threshold:.4f} from {_source_line(report)}")
+        m = report.metrics
+        if m is not None:
+            def rate(x, ci):
+                return "n/a" if x is None else f"{x:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"
+            click.echo(f"on {m['n_scored']} labelled pairs ({m['n_genuine']} genuine / {m['n_impostor']} impostor):")
+            click.echo(f"  accuracy {m['accuracy']:.4f}   FAR {rate(m['far'], m['far_ci95'])}   "
+                       f"FRR {rate(m['frr'], m['frr_ci95'])}   AUC "
+                       + ("n/a (needs both kinds)" if m["auc"] is None else f"{m['auc']:.4f}"))
+        if out is not None:
+            click.echo(f"wrote {out}")
+    for p in report.pairs:
+        if p.error is not None:
+            click.secho(f"warning: line {p.line}: not scored: {p.error}", fg="yellow", err=True)
