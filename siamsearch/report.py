@@ -274,7 +274,8 @@ def make_figures(metrics: dict, data: dict) -> tuple[dict[str, bytes], dict[str,
         runs = data.get("oneshot_runs")
         if runs and o["mistakes"]:
             items = []
-            for mk in o["mistakes"][:8]:
+            worst = sorted(o["mistakes"], key=lambda r: r["distance_predicted"] - r["distance_answer"])[:8]
+            for mk in worst:
                 run = runs[mk["run"]]
                 q = run.queries[run.query_names.index(mk["query"])]
                 p = run.references[run.reference_names.index(mk["predicted"])]
@@ -282,7 +283,8 @@ def make_figures(metrics: dict, data: dict) -> tuple[dict[str, bytes], dict[str,
                 items.append(([q, p, a], f"{mk['run']} {mk['query'].split('/')[-1]}\n"
                                          f"d(pred)={mk['distance_predicted']:.3f} d(right)={mk['distance_answer']:.3f}"))
             figs["oneshot_mistakes"] = plot_grid(items, "One-shot mistakes: query | predicted | correct", per_row=3)
-            caps["oneshot_mistakes"] = "One-shot queries matched to the wrong reference."
+            caps["oneshot_mistakes"] = ("One-shot queries matched to the wrong reference, the widest margins "
+                                        "(wrong one much closer than the right one) first.")
     return figs, caps
 
 

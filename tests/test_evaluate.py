@@ -119,3 +119,21 @@ def test_warns_about_training_identities(folders, tmp_path):
     m = evaluate(path, folders, pairs=100, n_boot=0, protocol="verification")
     assert m["dataset"]["identities_seen_in_training"] == 2
     assert any("2 of 6 identities" in w for w in m["warnings"])
+
+
+def test_report_shows_index_comparison(tmp_path):
+    from siamsearch.metrics.identification import leave_one_out
+    from siamsearch.report import write_report
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 8)).astype(np.float32)
+    y = rng.integers(0, 10, 200)
+    exact, _ = leave_one_out(x, y)
+    deployed = dict(exact, map_at_r=exact["map_at_r"] - 0.01)
+    metrics = {"settings": {"model": "m.pt"}, "warnings": [],
+               "index_comparison": {"index": "index/g", "index_type": "IVF", "n_items": 200, "exact": exact,
+                                    "deployed": deployed, "difference": {}}}
+    written = write_report(tmp_path, metrics, {})
+    html = (tmp_path / "report.html").read_text()
+    assert "Deployed index vs exact search" in html and "-0.0100" in html
+    assert "cmc" in written
