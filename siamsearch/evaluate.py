@@ -175,12 +175,12 @@ def _hardest_pairs(curves: dict, kept: np.ndarray, ds) -> dict:
     def rows(mask, order_desc: bool) -> list[dict]:
         idx = np.flatnonzero(mask)
         idx = idx[np.argsort(-d[idx] if order_desc else d[idx], kind="stable")]
-        out, seen = [], set()
+        out, used = [], set()
         for k in idx:
-            key = tuple(sorted((int(a[k]), int(b[k]))))
-            if key in seen:
+            # show each image once, so one odd image does not fill the whole grid
+            if int(a[k]) in used or int(b[k]) in used:
                 continue
-            seen.add(key)
+            used.update((int(a[k]), int(b[k])))
             ia, ib = int(kept[a[k]]), int(kept[b[k]])
             out.append({"a": ds.source(ia), "b": ds.source(ib), "index_a": ia, "index_b": ib,
                         "identity_a": ds.identity_names[ds.identities[ia]],
@@ -239,10 +239,16 @@ def _identification(emb, ids, seed, warnings, progress) -> tuple[dict, dict]:
 
 def _failed_identifications(per_query: dict, ids: np.ndarray, kept: np.ndarray, ds) -> list[dict]:
     failed = np.flatnonzero((per_query["r"] >= 1) & (per_query["first_hit_rank"] != 1))
-    failed = failed[np.argsort(per_query["top1_distance"][failed], kind="stable")][:N_EXAMPLES]
-    rows = []
+    failed = failed[np.argsort(per_query["top1_distance"][failed], kind="stable")]
+    rows, used = [], set()
     for q in failed:
-        iq, im = int(kept[q]), int(kept[per_query["top1_id"][q]])
+        match = int(per_query["top1_id"][q])
+        if int(q) in used or match in used:  # each image once (a confusable pair fails both ways)
+            continue
+        used.update((int(q), match))
+        if len(rows) == N_EXAMPLES:
+            break
+        iq, im = int(kept[q]), int(kept[match])
         rows.append({"query": ds.source(iq), "match": ds.source(im), "index_query": iq, "index_match": im,
                      "identity_query": ds.identity_names[ds.identities[iq]],
                      "identity_match": ds.identity_names[ds.identities[im]],
@@ -387,7 +393,7 @@ def evaluate(
         if seen:
             warnings.append(
                 f"{seen} of {metrics['dataset']['n_identities']} identities here were also training identities of "
-                "this model (other images of them); expect lower figures on identities it has never seen"
+                "this model (other images of them); figures need not carry over to identities it has never seen"
             )
         report_data["dataset"] = ds
         if protocol in ("verification", "all"):
