@@ -1,0 +1,1 @@
+"""Galleries: a folder of images embedded into HDF5 plus a Faiss index (see index/README.md)."""
