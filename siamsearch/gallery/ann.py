@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence
 
@@ -35,6 +34,7 @@ import numpy as np
 
 from ..distance import squared_to_distance
 from ..errors import SiamsearchError
+from ._files import atomic_path
 
 #: Exact search is used while ``n * d`` (multiply-adds per query) stays at or below this.
 EXACT_BUDGET = 1 << 25
@@ -539,19 +539,8 @@ class AnnIndex:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the Faiss index to ``path`` atomically (temporary file in the same folder, then rename)."""
-        path = os.fspath(path)
-        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
-                                   dir=os.path.dirname(os.path.abspath(path)))
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             faiss.write_index(self._p.index, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
 
     @classmethod
     def load(cls, path: str | os.PathLike, factory: str, params: Optional[dict] = None,

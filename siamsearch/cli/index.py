@@ -1,0 +1,137 @@
+"""`siamsearch index build | update | info`: a folder of images into a searchable gallery."""
+from __future__ import annotations
+
+import json
+
+import click
+
+_FACTORY_HELP = ("Faiss index: auto (exact Flat while fast enough, tuned IVF beyond), Flat, HNSW32, IVF, "
+                 "IVF4096, or any Faiss factory string such as IVF4096,PQ32.")
+
+
+def _check_factory(ctx, param, value: str) -> str:
+    from ..errors import SiamsearchError
+    from ..gallery.ann import resolve_factory
+
+    try:
+        resolve_factory(value, 1_000_000, 128)  # syntax check only; the real size decides at build time
+    except SiamsearchError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
+
+
+def _echo_report(report, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        return
+    for line in report.summary().splitlines():
+        if line.startswith("warning:") or line.startswith("  "):
+            click.secho(line, fg="yellow")
+        else:
+            click.echo(line)
+
+
+@click.group()
+def index() -> None:
+    """Build, update and describe image galleries (gallery.h5 + faiss.index).
+
+    \b
+    Examples:
+      siamsearch index build photos/ --model model.pt          # -> index/photos/
+      siamsearch index update index/photos                     # new, changed, removed files
+      siamsearch index info index/photos --json
+    """
+
+
+@index.command(context_settings={"show_default": True})
+@click.argument("image_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--model", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Checkpoint written by `siamsearch train`.")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Gallery folder [default: index/<name of IMAGE_DIR>].")
+@click.option("--factory", default="auto", callback=_check_factory, help=_FACTORY_HELP)
+@click.option("--batch-size", type=click.IntRange(1), default=64, help="Images per forward pass.")
+@click.option("--workers", type=click.IntRange(0), default=None,
+              help="Image-decoding worker processes [default: one per spare CPU core, at most 4].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--labels", type=click.Choice(["from-folder", "none"]), default=None,
+              help="Label = the image's folder (relative to IMAGE_DIR), or no labels "
+                   "[default: from-folder when every image sits in one of several subfolders].")
+@click.option("--strict", is_flag=True, help="Fail (exit 2, nothing published) if any file cannot be read.")
+@click.option("--overwrite", is_flag=True, help="Replace a gallery at --out made from another folder or model.")
+@click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
+@click.option("--progress/--no-progress", default=True, help="Progress bars on stderr.")
+def build(image_dir, model, out, factory, batch_size, workers, device, labels, strict, overwrite, as_json,
+          progress):
+    """Embed every image below IMAGE_DIR (recursively) and index it.
+
+    Unreadable files are skipped and listed with their reason (exit 0);
+    --strict makes any skip an error. Re-running a killed build resumes it.
+    """
+    from ..gallery import Gallery
+
+    g = Gallery.build(image_dir, model, out=out, factory=factory, batch_size=batch_size, workers=workers,
+                      device=device, labels=labels, strict=strict, progress=progress and not as_json,
+                      overwrite=overwrite)
+    _echo_report(g.last_report, as_json)
+    g.close()
+
+
+@index.command(context_settings={"show_default": True})
+@click.argument("gallery", type=click.Path(exists=True, file_okay=False))
+@click.option("--model", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Checkpoint [default: the one recorded in the gallery]; must be the model that built it.")
+@click.option("--batch-size", type=click.IntRange(1), default=64, help="Images per forward pass.")
+@click.option("--workers", type=click.IntRange(0), default=None,
+              help="Image-decoding worker processes [default: one per spare CPU core, at most 4].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--strict", is_flag=True, help="Fail (exit 2, nothing published) if any file cannot be read.")
+@click.option("--json", "as_json", is_flag=True, help="Print the update report as JSON.")
+@click.option("--progress/--no-progress", default=True, help="Progress bars on stderr.")
+def update(gallery, model, batch_size, workers, device, strict, as_json, progress):
+    """Re-scan the gallery's image folder: embed new and changed files, drop removed ones.
+
+    Also repairs a gallery whose faiss.index is missing, damaged or stale
+    (rebuilt from the stored embeddings) and finishes an interrupted run.
+    """
+    from ..gallery.gallery import update_gallery
+
+    report = update_gallery(gallery, model=model, batch_size=batch_size, workers=workers, device=device,
+                            strict=strict, progress=progress and not as_json)
+    _echo_report(report, as_json)
+
+
+@index.command(context_settings={"show_default": True})
+@click.argument("gallery", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
+@click.option("--top", type=click.IntRange(0), default=10, help="Labels listed by count (text output).")
+def info(gallery, as_json, top):
+    """Size, dimension, model, index type and parameters, labels, skipped files, disk size, times."""
+    from ..gallery import Gallery
+
+    with Gallery.open(gallery) as g:
+        d = g.info()
+    if as_json:
+        click.echo(json.dumps(d, indent=2, ensure_ascii=False))
+        return
+    ix = d["index"]
+    params = ", ".join(f"{k}={v}" for k, v in ix["params"].items() if k != "requested")
+    labels = d["labels"]
+    click.echo(f"gallery      {d['folder']}  ({d['disk_bytes'] / 1e6:.1f} MB on disk)")
+    click.echo(f"images       {d['size']} from {d['source_dir']}"
+               + (f"  ({d['deleted_rows']} deleted rows awaiting compaction)" if d["deleted_rows"] else ""))
+    click.echo(f"embeddings   {d['dim']}-d float32, model {d['model']['fingerprint']} ({d['model']['path']})")
+    click.echo(f"index        {ix['factory']} (requested {ix['params'].get('requested', 'auto')}; "
+               f"removal by {ix['removal']}{', ' + params if params else ''})")
+    click.echo(f"labels       {labels['mode']}: {labels['count']} labels")
+    for name, n in list(labels["per_label"].items())[:top]:
+        click.echo(f"  {n:7d}  {name}")
+    if len(labels["per_label"]) > top:
+        click.echo(f"  ... {len(labels['per_label']) - top} more (--json lists all)")
+    click.echo(f"skipped      {len(d['skipped'])} file(s)")
+    for s in d["skipped"]:
+        click.secho(f"  {s['path']}: {s['reason']}", fg="yellow")
+    click.echo(f"created      {d['created']}   updated {d['updated']}   siamsearch {d['siamsearch_version']}")
+    if d["interrupted_run_pending"]:
+        click.secho("an interrupted build/update left work in progress; run `siamsearch index update` to finish it",
+                    fg="yellow")

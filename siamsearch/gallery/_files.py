@@ -1,0 +1,47 @@
+"""Atomic file replacement: write to a temporary name in the same folder, then rename."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from typing import Iterator, Union
+
+PathLike = Union[str, os.PathLike]
+
+
+def fsync_path(path: PathLike) -> None:
+    """Flush a file's bytes to disk (best effort on file systems that refuse)."""
+    try:
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+    except OSError:
+        pass
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[str]:
+    """Yield a temporary path next to ``path``; on success it is fsynced and renamed over ``path``.
+
+    On an exception the temporary file is removed and ``path`` is left as it was,
+    so a crash never leaves a half-written file under the final name.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json_atomic(path: PathLike, obj: object) -> None:
+    """Write ``obj`` as indented UTF-8 JSON to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=False)
+            f.write("\n")

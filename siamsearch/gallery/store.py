@@ -1,0 +1,465 @@
+"""The files of a gallery folder: ``gallery.h5``, ``faiss.index``, ``manifest.json`` and a journal.
+
+Layout of ``index/NAME/`` (see index/README.md for a reader's guide):
+
+* ``gallery.h5``: one row per embedded image, rows never reordered except by
+  compaction. Datasets (all ``[N]`` unless said): ``embeddings [N, d] float32``
+  (chunked, resizable), ``ids`` int64 (``ids[i] == i``, the Faiss ids),
+  ``paths`` UTF-8 (relative to the ``source_dir`` attribute, ``/``-separated),
+  ``labels`` int64 (index into ``label_names``, -1 = none), ``label_names [L]``,
+  ``content_sha256`` (64 hex chars), ``mtime`` float64 seconds, ``size`` int64
+  bytes, ``deleted`` uint8 (1 = the file was removed or replaced; not searched),
+  ``skipped_paths`` / ``skipped_reasons`` (files that could not be read).
+  Attributes: format, format_version, siamsearch_version, created, updated
+  (ISO 8601 UTC), model_fingerprint, model_config (JSON), model_path,
+  source_dir, label_mode, requested_factory, index_sha256, generation.
+* ``faiss.index``: the Faiss index; its ids are the ``ids`` above.
+* ``manifest.json``: a human-readable summary (index choice and parameters,
+  counts, skipped files); derived, rewritten after every commit.
+* ``.pending/``: journal of an unfinished build or update (removed on commit).
+
+Crash safety. ``gallery.h5`` and ``faiss.index`` are only ever replaced whole:
+a new version is written under a temporary name, fsynced, then renamed over
+the old one (POSIX rename is atomic), so a crash leaves either the old or the
+new file, never a torn one. An HDF5 file appended in place can be left
+unreadable by a kill at the wrong moment, which is why rows embedded during a
+build go first to the journal: every ``CHUNK_ROWS`` rows one segment file
+(``seg-NNNNNN.npz``) is written atomically. A killed build re-run finds the
+segments, keeps the rows whose files are unchanged, and embeds only the rest.
+The index is tied to the HDF5 file it was built from by ``index_sha256``; a
+mismatch (a crash between the two renames) marks the index stale and the next
+build or update rebuilds it from the embeddings.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import h5py
+import numpy as np
+
+from .._version import __version__
+from ..errors import GalleryError
+from ..images import sha256_file
+from ._files import atomic_path, fsync_path, write_json_atomic
+from .ann import AnnIndex
+
+FORMAT = "siamsearch.gallery"
+FORMAT_VERSION = 1
+H5_NAME = "gallery.h5"
+INDEX_NAME = "faiss.index"
+MANIFEST_NAME = "manifest.json"
+PENDING_NAME = ".pending"
+LOCK_NAME = ".lock"
+#: Rows per HDF5 chunk and per journal segment (a killed build loses at most this many embeddings).
+CHUNK_ROWS = 2048
+#: Rows read or copied per block when streaming (bounds memory: 64k x 128 floats = 32 MB).
+BLOCK_ROWS = 65536
+
+_STR = h5py.string_dtype("utf-8")
+ROW_DATASETS = ("embeddings", "ids", "paths", "labels", "content_sha256", "mtime", "size", "deleted")
+
+
+def now_iso() -> str:
+    """The current time, ISO 8601 in UTC, to the second."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def rebuild_hint(folder: os.PathLike | str) -> str:
+    """The sentence every damaged-gallery error ends with."""
+    return (f"rebuild it with `siamsearch index build IMAGE_DIR --model MODEL.pt --out {folder} --overwrite` "
+            f"(or delete {folder} and build again)")
+
+
+@dataclass
+class RowBlock:
+    """Rows about to be stored: ``b`` images and their embeddings ``[b, d]``."""
+
+    relpaths: list
+    labels: list  # label names; "" = no label
+    sha256: list
+    mtime: np.ndarray  # float64 seconds
+    size: np.ndarray  # int64 bytes
+    embeddings: np.ndarray  # float32 [b, d]
+
+    def __len__(self) -> int:
+        return len(self.relpaths)
+
+
+# --------------------------------------------------------------------------- reading gallery.h5
+
+
+class GalleryFile:
+    """Read-only access to a ``gallery.h5``, validated on open.
+
+    Raises:
+        GalleryError: when the file is missing, not HDF5, not a siamsearch
+            gallery, written by a newer version, or internally inconsistent;
+            the message says how to rebuild.
+    """
+
+    def __init__(self, path: os.PathLike | str):
+        self.path = Path(path)
+        folder = self.path.parent
+        if not self.path.is_file():
+            raise GalleryError(f"{folder} is not a gallery (no {H5_NAME}); build one with "
+                               f"`siamsearch index build IMAGE_DIR --model MODEL.pt --out {folder}`")
+        try:
+            self.h5 = h5py.File(self.path, "r")
+        except (OSError, ValueError) as e:
+            raise GalleryError(f"{self.path} is damaged or not an HDF5 file ({_first_line(e)}); "
+                               f"{rebuild_hint(folder)}") from None
+        try:
+            self._validate()
+        except GalleryError:
+            self.h5.close()
+            raise
+        except (KeyError, OSError, ValueError, TypeError, RuntimeError) as e:
+            self.h5.close()
+            raise GalleryError(f"{self.path} is damaged ({type(e).__name__}: {_first_line(e)}); "
+                               f"{rebuild_hint(folder)}") from None
+
+    def _validate(self) -> None:
+        a = self.h5.attrs
+        folder = self.path.parent
+        if a.get("format") != FORMAT:
+            raise GalleryError(f"{self.path} is an HDF5 file but not a siamsearch gallery; {rebuild_hint(folder)}")
+        if int(a.get("format_version", 0)) > FORMAT_VERSION:
+            raise GalleryError(f"{self.path} was written by a newer siamsearch (format {a['format_version']}); "
+                               "upgrade siamsearch")
+        missing = [k for k in ROW_DATASETS + ("label_names", "skipped_paths", "skipped_reasons") if k not in self.h5]
+        if missing:
+            raise GalleryError(f"{self.path} is damaged (missing {', '.join(missing)}); {rebuild_hint(folder)}")
+        n, d = self.h5["embeddings"].shape
+        bad = [k for k in ROW_DATASETS[1:] if self.h5[k].shape != (n,)]
+        if bad or d != int(a["embedding_dim"]):
+            raise GalleryError(f"{self.path} is damaged (datasets {', '.join(bad) or 'embeddings'} disagree in "
+                               f"length or width); {rebuild_hint(folder)}")
+        for key in ("model_fingerprint", "model_config", "source_dir", "index_sha256", "generation"):
+            if key not in a:
+                raise GalleryError(f"{self.path} is damaged (attribute {key} missing); {rebuild_hint(folder)}")
+
+    def close(self) -> None:
+        self.h5.close()
+
+    def __enter__(self) -> "GalleryFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def attrs(self) -> dict:
+        """The file attributes as plain Python values."""
+        return {k: (v.item() if hasattr(v, "item") else v) for k, v in self.h5.attrs.items()}
+
+    @property
+    def n_rows(self) -> int:
+        """Rows stored, deleted ones included."""
+        return int(self.h5["embeddings"].shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.h5["embeddings"].shape[1])
+
+    def deleted(self) -> np.ndarray:
+        """``[N]`` bool: rows whose file was removed or replaced (kept as tombstones until compaction)."""
+        return self.h5["deleted"][:].astype(bool)
+
+    def live_ids(self) -> np.ndarray:
+        """Row ids not deleted, ascending, int64."""
+        return np.flatnonzero(~self.deleted()).astype("int64")
+
+    def relpaths(self) -> list:
+        return list(self.h5["paths"].asstr()[:])
+
+    def labels(self) -> np.ndarray:
+        return self.h5["labels"][:].astype("int64")
+
+    def label_names(self) -> list:
+        return list(self.h5["label_names"].asstr()[:])
+
+    def sha256(self) -> list:
+        return [s.decode("ascii") for s in self.h5["content_sha256"][:]]
+
+    def mtime(self) -> np.ndarray:
+        return self.h5["mtime"][:]
+
+    def size(self) -> np.ndarray:
+        return self.h5["size"][:]
+
+    def skipped(self) -> list:
+        """``[(relative path, reason)]`` of files that could not be read at the last build/update."""
+        return list(zip(self.h5["skipped_paths"].asstr()[:], self.h5["skipped_reasons"].asstr()[:]))
+
+    def embeddings(self, ids: Optional[np.ndarray] = None) -> np.ndarray:
+        """Embeddings ``[m, d]`` float32 of row ``ids`` (any order, repeats allowed), or of all rows."""
+        ds = self.h5["embeddings"]
+        if ids is None:
+            return ds[:]
+        ids = np.asarray(ids, dtype="int64").reshape(-1)
+        if not len(ids):
+            return np.zeros((0, self.dim), dtype="float32")
+        if ids.min() < 0 or ids.max() >= self.n_rows:
+            raise GalleryError(f"row ids out of range 0..{self.n_rows - 1}")
+        uniq, inverse = np.unique(ids, return_inverse=True)
+        if len(uniq) > self.n_rows // 8:  # many rows: one sequential pass beats scattered reads
+            table = np.concatenate([ds[s:s + BLOCK_ROWS] for s in range(0, self.n_rows, BLOCK_ROWS)])[uniq]
+        else:
+            table = ds[uniq]
+        return table[inverse]
+
+    def source(self, ids: Optional[np.ndarray] = None) -> "H5Source":
+        """A :class:`~siamsearch.gallery.ann.VectorSource` over rows ``ids`` (default: live rows)."""
+        return H5Source(self, self.live_ids() if ids is None else np.asarray(ids, dtype="int64"))
+
+
+class H5Source:
+    """Rows of a :class:`GalleryFile` streamed in blocks (a :class:`~siamsearch.gallery.ann.VectorSource`)."""
+
+    def __init__(self, file: GalleryFile, ids: np.ndarray):
+        self.file = file
+        self.ids = np.sort(ids)
+        self.dim = file.dim
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def blocks(self, rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        ds = self.file.h5["embeddings"]
+        rows = max(int(rows), 1)
+        for s in range(0, self.file.n_rows, rows):
+            lo, hi = np.searchsorted(self.ids, [s, s + rows])
+            if hi > lo:
+                want = self.ids[lo:hi]
+                yield want, ds[s:s + rows][want - s]
+
+    def sample(self, m: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        pick = np.sort(np.random.default_rng(seed).choice(len(self.ids), min(m, len(self.ids)), replace=False))
+        chosen = self.ids[pick]
+        parts = [x[np.isin(ids, chosen)] for ids, x in self.blocks(BLOCK_ROWS)]
+        return chosen, (np.concatenate(parts) if parts else np.zeros((0, self.dim), "float32"))
+
+
+# --------------------------------------------------------------------------- writing gallery.h5
+
+
+class GalleryWriter:
+    """Streams a complete new ``gallery.h5`` into ``path`` (a temporary name), block by block."""
+
+    def __init__(self, path: os.PathLike | str, dim: int, attrs: dict, expected_rows: int = CHUNK_ROWS):
+        self.path = os.fspath(path)
+        self.dim = int(dim)
+        self.n = 0
+        self.h5 = h5py.File(self.path, "w")
+        c = int(min(CHUNK_ROWS, max(64, expected_rows)))  # small galleries get small chunks
+        self.h5.create_dataset("embeddings", shape=(0, self.dim), maxshape=(None, self.dim), dtype="float32",
+                               chunks=(c, self.dim))
+        for name, dtype in (("ids", "int64"), ("paths", _STR), ("labels", "int64"), ("content_sha256", "S64"),
+                            ("mtime", "float64"), ("size", "int64"), ("deleted", "uint8")):
+            self.h5.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(c,))
+        for key, value in attrs.items():
+            self.h5.attrs[key] = value
+        self.h5.attrs["format"] = FORMAT
+        self.h5.attrs["format_version"] = FORMAT_VERSION
+        self.h5.attrs["embedding_dim"] = self.dim
+
+    def append(self, relpaths: Sequence[str], labels: np.ndarray, sha256: Sequence[str], mtime: np.ndarray,
+               size: np.ndarray, embeddings: np.ndarray, deleted: np.ndarray) -> np.ndarray:
+        """Append ``b`` rows; returns their row ids ``[b]``."""
+        b = len(relpaths)
+        if not b:
+            return np.zeros(0, dtype="int64")
+        lo, hi = self.n, self.n + b
+        values = {"embeddings": np.ascontiguousarray(embeddings, dtype="float32"),
+                  "ids": np.arange(lo, hi, dtype="int64"), "paths": list(relpaths),
+                  "labels": np.asarray(labels, dtype="int64"),
+                  "content_sha256": np.asarray([s.encode("ascii") for s in sha256], dtype="S64"),
+                  "mtime": np.asarray(mtime, dtype="float64"), "size": np.asarray(size, dtype="int64"),
+                  "deleted": np.asarray(deleted, dtype="uint8")}
+        for name, v in values.items():
+            ds = self.h5[name]
+            ds.resize(hi, axis=0)
+            ds[lo:hi] = v
+        self.n = hi
+        return values["ids"]
+
+    def finish(self, label_names: Sequence[str], skipped: Sequence[tuple], attrs: dict) -> None:
+        """Write the label names, the skipped files and the final attributes, then close."""
+        self.h5.create_dataset("label_names", data=list(label_names), dtype=_STR)
+        self.h5.create_dataset("skipped_paths", data=[p for p, _ in skipped], dtype=_STR)
+        self.h5.create_dataset("skipped_reasons", data=[r for _, r in skipped], dtype=_STR)
+        for key, value in attrs.items():
+            self.h5.attrs[key] = value
+        self.h5.close()
+
+    def abort(self) -> None:
+        try:
+            self.h5.close()
+        finally:
+            if os.path.exists(self.path):
+                os.unlink(self.path)
+
+
+# --------------------------------------------------------------------------- the journal
+
+
+class PendingLog:
+    """Rows embedded by an unfinished build/update, in atomically written segment files.
+
+    The journal belongs to one model and one source folder (``session.json``);
+    a journal left by another model or folder is discarded.
+    """
+
+    def __init__(self, folder: os.PathLike | str, fingerprint: str, source_dir: str, dim: int):
+        self.dir = Path(folder) / PENDING_NAME
+        self.session = {"fingerprint": fingerprint, "source_dir": source_dir, "dim": int(dim)}
+        info = self.dir / "session.json"
+        if self.dir.exists():
+            try:
+                same = json.loads(info.read_text(encoding="utf-8")) == self.session
+            except (OSError, ValueError):
+                same = False
+            if not same:
+                self.clear()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not info.exists():
+            write_json_atomic(info, self.session)
+        for stray in self.dir.glob(".*.tmp"):  # left by a kill during a segment write
+            stray.unlink()
+
+    def segments(self) -> list:
+        return sorted(self.dir.glob("seg-*.npz"))
+
+    def write(self, rows: RowBlock) -> None:
+        """Store ``rows`` as the next segment, atomically."""
+        if not len(rows):
+            return
+        segs = self.segments()
+        number = int(segs[-1].stem.split("-")[1]) + 1 if segs else 1
+        target = self.dir / f"seg-{number:06d}.npz"
+        with atomic_path(target) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, relpaths=np.asarray(rows.relpaths, dtype=str), labels=np.asarray(rows.labels, dtype=str),
+                         sha256=np.asarray(rows.sha256, dtype="S64"), mtime=np.asarray(rows.mtime, "float64"),
+                         size=np.asarray(rows.size, "int64"), embeddings=np.asarray(rows.embeddings, "float32"))
+
+    def read(self, segment: Path, embeddings: bool = True) -> Optional[RowBlock]:
+        """One segment's rows (``None`` when the file is unreadable: it is then ignored and re-embedded)."""
+        try:
+            with np.load(segment, allow_pickle=False) as z:
+                emb = z["embeddings"] if embeddings else np.zeros((len(z["relpaths"]), 0), "float32")
+                return RowBlock([str(p) for p in z["relpaths"]], [str(x) for x in z["labels"]],
+                                [s.decode("ascii") for s in z["sha256"]], z["mtime"], z["size"], emb)
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def clear(self) -> None:
+        clear_pending(self.dir.parent)
+
+
+# --------------------------------------------------------------------------- the folder
+
+
+class FolderLock:
+    """An exclusive lock on a gallery folder, so two builds cannot interleave."""
+
+    def __init__(self, folder: os.PathLike | str):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.f = open(self.folder / LOCK_NAME, "a+")
+        try:
+            fcntl.flock(self.f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.f.close()
+            raise GalleryError(f"another build or update is running on {self.folder}; wait for it to finish") from None
+
+    def release(self) -> None:
+        if not self.f.closed:
+            fcntl.flock(self.f.fileno(), fcntl.LOCK_UN)
+            self.f.close()
+
+    def __enter__(self) -> "FolderLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def index_is_current(folder: Path, attrs: dict) -> bool:
+    """True when ``faiss.index`` is the very file ``gallery.h5`` was committed with (by SHA-256)."""
+    path = folder / INDEX_NAME
+    return path.is_file() and sha256_file(path) == attrs.get("index_sha256")
+
+
+def commit(folder: Path, h5_tmp: str, ann: AnnIndex, manifest: dict, attrs: Optional[dict] = None) -> dict:
+    """Publish a new gallery: index and HDF5 file renamed into place, then the manifest.
+
+    ``h5_tmp`` is a complete ``gallery.h5`` written by :class:`GalleryWriter`; ``attrs`` are
+    set on it together with ``index_sha256`` and ``generation`` (returned).
+    """
+    with atomic_path(folder / INDEX_NAME) as index_tmp:
+        ann.save(index_tmp)
+        stamp = dict(attrs or {}, index_sha256=sha256_file(index_tmp), generation=uuid.uuid4().hex)
+        with h5py.File(h5_tmp, "a") as f:
+            for key, value in stamp.items():
+                f.attrs[key] = value
+        fsync_path(h5_tmp)
+        # faiss.index is renamed when this block ends; gallery.h5 right after (the commit point).
+    os.replace(h5_tmp, folder / H5_NAME)
+    _fsync_dir(folder)
+    manifest = dict(manifest, generation=stamp["generation"])
+    write_json_atomic(folder / MANIFEST_NAME, manifest)
+    return stamp
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temp_h5_path(folder: Path) -> str:
+    """A fresh temporary name for the next ``gallery.h5``, in the gallery folder."""
+    return str(folder / f".{H5_NAME}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def clear_pending(folder: Path) -> None:
+    """Drop the journal of an interrupted run (its rows will be embedded again)."""
+    shutil.rmtree(Path(folder) / PENDING_NAME, ignore_errors=True)
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Delete temporary files a killed build left behind (never the committed files)."""
+    for p in folder.glob(".*.tmp"):
+        try:
+            p.unlink()
+        except OSError:
+            pass
+
+
+def read_manifest(folder: Path) -> dict:
+    """``manifest.json`` as a dict (empty when missing or unreadable: it is derived data)."""
+    try:
+        return json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__

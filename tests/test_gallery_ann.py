@@ -1,0 +1,157 @@
+"""The Faiss wrapper against exact IndexFlat search on seeded synthetic data."""
+import faiss
+import numpy as np
+import pytest
+
+from siamsearch.errors import SiamsearchError
+from siamsearch.gallery.ann import (EXACT_BUDGET, AnnIndex, ArraySource, build_index, choose_factory,
+                                    exact_knn, recall_at_k, resolve_factory)
+
+
+def clustered(n, d=32, clusters=40, seed=0):
+    """Unit vectors around ``clusters`` random centres (a small stand-in for embeddings)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, d))
+    x = centres[rng.integers(0, clusters, n)] + 0.2 * rng.standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype("float32")
+
+
+def exact(x, ids, q, k):
+    flat = faiss.IndexFlatL2(x.shape[1])
+    flat.add(x)
+    d2, pos = flat.search(q, k)
+    return np.sqrt(np.clip(d2, 0, None)), ids[pos]
+
+
+@pytest.fixture(scope="module")
+def data():
+    both = clustered(3050)  # queries come from the same clusters as the data, but are not stored
+    x, q = both[:3000], both[3000:]
+    ids = np.arange(3000, dtype="int64") * 7 + 3  # ids unrelated to positions
+    return x, ids, q
+
+
+def test_auto_is_flat_for_small_and_ivf_beyond_budget():
+    assert choose_factory(1000, 128) == "Flat"
+    assert choose_factory(EXACT_BUDGET // 128, 128) == "Flat"
+    assert choose_factory(EXACT_BUDGET // 128 + 1, 128).startswith("IVF")
+    assert choose_factory(1_000_000, 128) == "IVF4096,Flat"
+    assert choose_factory(200_000, 512).startswith("IVF")
+
+
+def test_resolve_shorthands_and_bad_factory():
+    assert resolve_factory("HNSW", 10, 8) == "HNSW32"
+    assert resolve_factory("IVF64", 10, 8) == "IVF64,Flat"
+    assert resolve_factory("flat", 10, 8) == "Flat"
+    with pytest.raises(SiamsearchError, match="Faiss cannot build"):
+        resolve_factory("NoSuchIndex12", 10, 8)
+    with pytest.raises(SiamsearchError, match="IDMap"):
+        resolve_factory("IDMap,Flat", 10, 8)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF32,Flat", "IVF32,PQ8x4", "IVF32,SQ8"])
+def test_search_matches_exact_flat(data, factory):
+    x, ids, q = data
+    ann = build_index(ArraySource(x, ids), factory=factory, target_recall=0.97)
+    vectors = dict(zip(ids.tolist(), x))
+    dist, found = ann.search(q, 10, vectors=lambda i: np.stack([vectors[j] for j in i]))
+    ref_d, ref_i = exact(x, ids, q, 10)
+    assert dist.shape == found.shape == (50, 10) and dist.dtype == np.float32 and found.dtype == np.int64
+    assert np.all(np.diff(dist, axis=1) >= 0)
+    assert all(len(set(r)) == 10 for r in found.tolist())
+    if factory == "Flat":
+        np.testing.assert_array_equal(found, ref_i)
+        np.testing.assert_allclose(dist, ref_d, atol=1e-4)
+    else:
+        # lossy codes (PQ) cap recall; exact-vector types must be close to exact search
+        assert recall_at_k(found, ref_i) >= (0.6 if "PQ" in factory else 0.9)
+        # distances are true Euclidean distances of the returned ids, whatever the codes
+        true = np.linalg.norm(np.stack([[vectors[j] for j in row] for row in found]) - q[:, None], axis=2)
+        np.testing.assert_allclose(dist, true, atol=1e-4)
+    assert (dist >= 0).all() and (dist <= 2.0001).all()
+
+
+@pytest.mark.parametrize("factory", ["HNSW16", "IVF32,Flat"])
+def test_tuning_records_parameter_and_reaches_target(data, factory):
+    x, ids, q = data
+    ann = build_index(ArraySource(x, ids), factory=factory, target_recall=0.97)
+    name = "efSearch" if factory.startswith("HNSW") else "nprobe"
+    assert ann.params[name] >= 1 and ann.params["tuned_recall_at_10"] >= 0.97
+    assert ann.meta["params"][name] == ann.params[name]
+    _, found = ann.search(q, 10)
+    assert recall_at_k(found, exact(x, ids, q, 10)[1]) >= 0.9
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF32,Flat"])
+def test_remove_every_type(data, factory, tmp_path):
+    x, ids, q = data
+    ann = build_index(ArraySource(x, ids), factory=factory)
+    gone = ids[::3]
+    ann.remove(gone)
+    keep = np.ones(len(ids), bool)
+    keep[::3] = False
+    assert len(ann) == keep.sum()
+    assert ann.removal == ("tombstone" if factory.startswith("HNSW") else "remove_ids")
+    _, found = ann.search(q, 10)
+    assert not set(found.ravel().tolist()) & set(gone.tolist())
+    ref = exact(x[keep], ids[keep], q, 10)[1]
+    assert recall_at_k(found, ref) >= (1.0 if factory == "Flat" else 0.9)
+    if factory.startswith("HNSW"):
+        assert ann.needs_rebuild  # a third tombstoned > REBUILD_SHARE
+        ann.save(tmp_path / "x.index")
+        back = AnnIndex.load(tmp_path / "x.index", ann.factory, ann.params, tombstones=gone)
+        _, found2 = back.search(q, 10)
+        np.testing.assert_array_equal(found, found2)
+
+
+def test_add_after_build_and_save_load_roundtrip(data, tmp_path):
+    x, ids, q = data
+    ann = build_index(ArraySource(x[:2000], ids[:2000]), factory="IVF32,Flat")
+    ann.add(x[2000:], ids[2000:])
+    path = tmp_path / "faiss.index"
+    ann.save(path)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    back = AnnIndex.load(path, ann.factory, ann.params)
+    assert back.ntotal == 3000 and back.params["nprobe"] == ann.params["nprobe"]
+    np.testing.assert_array_equal(back.search(q, 5)[1], ann.search(q, 5)[1])
+    # plain faiss reads it and returns the caller's ids
+    raw = faiss.read_index(str(path))
+    assert set(raw.search(q[:1], 3)[1].ravel()) <= set(ids.tolist())
+
+
+def test_short_results_are_padded_only_when_too_few_live(data):
+    x, ids, q = data
+    ann = build_index(ArraySource(x[:5], ids[:5]), factory="Flat")
+    dist, found = ann.search(q[:2], 8)
+    assert (found[:, :5] >= 0).all() and (found[:, 5:] == -1).all() and np.isinf(dist[:, 5:]).all()
+    # IVF with nprobe 1 on tiny lists still fills k by widening the probe
+    ann = build_index(ArraySource(x[:400], ids[:400]), factory="IVF32,Flat", tune=False)
+    ann.set_search_param(1)
+    dist, found = ann.search(q, 50)
+    assert (found >= 0).all() and all(len(set(r)) == 50 for r in found.tolist())
+    assert np.all(np.diff(dist, axis=1) >= 0)
+
+
+def test_boundary_checks(data):
+    x, ids, q = data
+    ann = build_index(ArraySource(x[:100], ids[:100]), factory="Flat")
+    with pytest.raises(SiamsearchError, match="dimension"):
+        ann.search(np.zeros((2, 5)), 3)
+    with pytest.raises(SiamsearchError, match="k must"):
+        ann.search(q, 0)
+    with pytest.raises(SiamsearchError, match="NaN"):
+        ann.search(np.full((1, 32), np.nan), 3)
+    # float64, non-contiguous, 1-D inputs are converted
+    d1, i1 = ann.search(np.asfortranarray(q[:3].astype("float64")), 3)
+    d2, i2 = ann.search(q[0], 3)
+    np.testing.assert_array_equal(i1[0], i2[0])
+    with pytest.raises(SiamsearchError, match="lists"):
+        build_index(ArraySource(x[:10], ids[:10]), factory="IVF64")
+
+
+def test_exact_knn_streams_blocks(data):
+    x, ids, q = data
+    d2, found = exact_knn(ArraySource(x, ids), q, 7, block_rows=128)
+    ref_d, ref_i = exact(x, ids, q, 7)
+    np.testing.assert_array_equal(found, ref_i)
+    np.testing.assert_allclose(np.sqrt(np.clip(d2, 0, None)), ref_d, atol=1e-4)
