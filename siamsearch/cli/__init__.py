@@ -53,7 +53,7 @@ def _register() -> None:
     main.add_command(_train.train)
     from . import evaluate as _evaluate; main.add_command(_evaluate.evaluate)  # noqa: E702
     from . import data as _data; main.add_command(_data.data)  # noqa: E702
-    from . import calibrate as _cal, verify as _ver; main.add_command(_cal.calibrate); main.add_command(_ver.verify)  # noqa: E702,E501
+    from . import calibrate as _c, verify as _v, query as _q; [main.add_command(c) for c in (_c.calibrate, _v.verify, _q.query)]  # noqa: E702,E501
     from . import index as _index; main.add_command(_index.index)  # noqa: E702
 
 

@@ -1,0 +1,255 @@
+"""Identification: who or what in a gallery is this image?
+
+:func:`identify` embeds query images in batches with the gallery's model and
+searches the gallery (:meth:`siamsearch.Gallery.search`) for the ``k`` nearest
+neighbours. The **prediction is the label of the nearest neighbour** (rank 1);
+a majority over the top k is not used, because with few images per identity
+it lets a crowd of far neighbours outvote a close one. In **open-set** mode the
+prediction is ``"unknown"`` when the nearest neighbour is farther than the
+threshold (same rule as verification: a match iff ``distance <= threshold``);
+the threshold is an explicit value or the model's calibration.
+
+The model is found from the gallery (the checkpoint path it recorded, checked
+against the fingerprint it recorded) unless one is given (``model=``, CLI
+``--model``) for a gallery whose model file has moved; either way a model whose
+fingerprint differs from the gallery's is refused.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from .errors import SiamsearchError
+from .images import list_images
+
+PathLike = Union[str, os.PathLike]
+
+#: The prediction for a query whose nearest neighbour is beyond the open-set threshold.
+UNKNOWN = "unknown"
+
+
+def expand_queries(items: Sequence[PathLike]) -> list[str]:
+    """Query image paths from files and folders (a folder gives its images, recursively, sorted).
+
+    Raises:
+        SiamsearchError: a path that does not exist, or nothing to query.
+    """
+    out: list[str] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = list_images(p)
+            if not found:
+                raise SiamsearchError(f"{p} holds no images (looked for common image extensions, recursively)")
+            out.extend(os.fspath(f) for f in found)
+        elif p.is_file():
+            out.append(os.fspath(p))
+        else:
+            raise SiamsearchError(f"{p}: no such image or folder")
+    if not out:
+        raise SiamsearchError("give at least one query image or folder")
+    return out
+
+
+@dataclass(frozen=True)
+class Neighbor:
+    """One gallery match: ``rank`` (1 = nearest), gallery ``path``, its ``label`` and the Euclidean
+    ``distance`` in [0, 2]."""
+
+    rank: int
+    path: str
+    label: Optional[str]
+    distance: float
+
+    def to_dict(self) -> dict:
+        return {"rank": self.rank, "path": self.path, "label": self.label, "distance": self.distance}
+
+
+@dataclass(frozen=True)
+class QueryAnswer:
+    """The answer for one query image.
+
+    Attributes:
+        query: the query path.
+        prediction: the nearest neighbour's label, ``"unknown"`` (open set, nearest beyond the
+            threshold) or ``None`` (unreadable query, or an unlabelled gallery).
+        neighbors: up to ``k`` :class:`Neighbor` sorted by distance.
+        error: why the query could not be answered, else ``None``.
+    """
+
+    query: str
+    prediction: Optional[str]
+    neighbors: tuple
+    error: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        d = [n.distance for n in self.neighbors]
+        if any(b < a for a, b in zip(d, d[1:])):
+            raise ValueError("neighbors must be sorted by distance")
+        if [n.rank for n in self.neighbors] != list(range(1, len(d) + 1)):
+            raise ValueError("neighbor ranks must be 1..k")
+
+    def to_dict(self) -> dict:
+        """One element of ``siamsearch query --json``: ``query``, ``prediction``, ``neighbors``
+        (``[{rank, path, label, distance}]``) and ``error`` (only when set)."""
+        out = {"query": self.query, "prediction": self.prediction, "neighbors": [n.to_dict() for n in self.neighbors]}
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+def predict(neighbors: Sequence[Neighbor], threshold: Optional[float]) -> Optional[str]:
+    """The nearest neighbour's label; ``"unknown"`` when ``threshold`` is given and the nearest
+    distance exceeds it (``distance <= threshold`` is a match)."""
+    if not neighbors:
+        return UNKNOWN if threshold is not None else None
+    if threshold is not None and neighbors[0].distance > threshold:
+        return UNKNOWN
+    return neighbors[0].label
+
+
+@dataclass(frozen=True)
+class IdentificationReport:
+    """All answers of one :func:`identify` call and the settings they were made under.
+
+    Attributes:
+        answers: one :class:`QueryAnswer` per query, in input order.
+        k: neighbours asked for.
+        open_set: whether ``"unknown"`` answers were possible.
+        threshold: the open-set distance threshold, else ``None``.
+        threshold_source: ``"calibration"``, ``"explicit"`` or ``None`` (closed set).
+        gallery: the gallery folder.
+        model_fingerprint: the model used (equal to the gallery's).
+    """
+
+    answers: tuple
+    k: int
+    open_set: bool
+    threshold: Optional[float]
+    threshold_source: Optional[str]
+    gallery: str
+    model_fingerprint: str
+
+    def to_json(self) -> list:
+        """``siamsearch query --json``: a list with one object per query."""
+        return [a.to_dict() for a in self.answers]
+
+
+def write_results_csv(report: IdentificationReport, out: PathLike) -> None:
+    """One row per (query, neighbour): ``query,prediction,rank,path,label,distance,error``
+    (a query without neighbours gets one row with empty neighbour columns)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["query", "prediction", "rank", "path", "label", "distance", "error"])
+        for a in report.answers:
+            pred = "" if a.prediction is None else a.prediction
+            if not a.neighbors:
+                w.writerow([a.query, pred, "", "", "", "", a.error or ""])
+            for n in a.neighbors:
+                w.writerow([a.query, pred, n.rank, n.path, "" if n.label is None else n.label, f"{n.distance:.6f}",
+                            a.error or ""])
+
+
+def open_gallery(index, model=None, device: str = "auto"):
+    """The gallery and the model to query it with, fingerprints checked.
+
+    Args:
+        index: a gallery folder (``index/NAME``) or an opened :class:`~siamsearch.gallery.Gallery`.
+        model: ``None`` (use the checkpoint the gallery recorded, checked against its fingerprint),
+            a checkpoint path (a moved model) or an :class:`~siamsearch.embedder.Embedder`.
+
+    Returns:
+        ``(gallery, embedder)``.
+
+    Raises:
+        FingerprintMismatch: the model is not the one that built the gallery.
+        SiamsearchError: the recorded model is gone and none was given; damaged gallery (GalleryError).
+    """
+    from .gallery import Gallery
+
+    if model is not None and not hasattr(model, "fingerprint"):
+        from .embedder import load_model
+
+        model = load_model(model, device=device)
+    if isinstance(index, Gallery):
+        if model is not None and model.fingerprint != index.fingerprint:
+            from .errors import FingerprintMismatch
+
+            raise FingerprintMismatch(f"{index.folder} was built with model {index.fingerprint} but the given model "
+                                      f"is {model.fingerprint}; query with the model that built it")
+        gallery = index
+    else:
+        gallery = Gallery.open(index, model=model)
+    return gallery, (model if model is not None else gallery.model)
+
+
+def identify(
+    index,
+    queries: Sequence[PathLike],
+    k: int = 5,
+    open_set: bool = False,
+    threshold: Optional[float] = None,
+    model=None,
+    calibration=None,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str = "auto",
+    progress: bool = False,
+) -> IdentificationReport:
+    """Top-k gallery neighbours and a predicted identity for each query image.
+
+    Queries are embedded in streamed batches (:meth:`Embedder.embed_files`; an unreadable
+    file is reported in its answer's ``error``, never raised) and each batch is searched
+    with :meth:`siamsearch.gallery.Gallery.search`.
+
+    Args:
+        index: gallery folder (``index/NAME``) or an opened Gallery (load once, query many times).
+        queries: image files and/or folders of images.
+        k: neighbours per query (capped at the gallery size).
+        open_set: answer ``"unknown"`` when the nearest neighbour is farther than the threshold;
+            the threshold is ``threshold`` or the model's calibration (error when neither exists).
+        threshold: an explicit open-set distance threshold in [0, 2]; giving it turns open set on.
+        model: checkpoint path or Embedder when the gallery's recorded model has moved (must match).
+        calibration: a calibration record or a path to one, instead of the model's own.
+        batch_size, workers: embedding batch size and image-decoding processes.
+        device: for a model loaded here.
+        progress: a tqdm bar (images) on stderr.
+
+    Returns:
+        An :class:`IdentificationReport`; ``report.to_json()`` is the ``query --json`` list.
+
+    Raises:
+        FingerprintMismatch: model vs gallery, or calibration vs model.
+        SiamsearchError: open set without any threshold (says how to get one), k < 1, missing queries.
+    """
+    from .verification import resolve_threshold
+
+    if int(k) < 1:
+        raise SiamsearchError(f"-k must be at least 1; got {k}")
+    gallery, embedder = open_gallery(index, model, device)
+    source = None
+    if threshold is not None or open_set:
+        threshold, source, _ = resolve_threshold(embedder, threshold, calibration)
+        open_set = True
+    paths = expand_queries(queries)
+    answers: list[QueryAnswer] = []
+    for batch in embedder.embed_files(paths, batch_size=batch_size, workers=workers, progress=progress):
+        rows: dict[int, QueryAnswer] = {int(p): QueryAnswer(paths[int(p)], None, (), reason)
+                                        for p, reason in batch.failures}
+        if len(batch.positions):
+            res = gallery.search(batch.embeddings, k=k)
+            for q, pos in enumerate(batch.positions.tolist()):
+                nbrs = tuple(Neighbor(rank=r + 1, path=res.paths[q][r], label=res.labels[q][r],
+                                      distance=float(res.distances[q, r])) for r in range(res.k))
+                rows[pos] = QueryAnswer(paths[pos], predict(nbrs, threshold), nbrs)
+        answers.extend(rows[p] for p in sorted(rows))
+    return IdentificationReport(answers=tuple(answers), k=int(k), open_set=bool(open_set), threshold=threshold,
+                                threshold_source=source, gallery=os.fspath(gallery.folder),
+                                model_fingerprint=embedder.fingerprint)
