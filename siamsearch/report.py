@@ -344,6 +344,9 @@ def _sections(metrics: dict) -> list[tuple[str, list[str], list[list]]]:
             a, b = at_k(ex["recall_at_k"], k), at_k(de["recall_at_k"], k)
             rows.append([f"recall@{k}", f"{a:.4f}", f"{b:.4f}", f"{b - a:+.4f}"])
         rows.append(["MAP@R", f"{ex['map_at_r']:.4f}", f"{de['map_at_r']:.4f}", f"{de['map_at_r'] - ex['map_at_r']:+.4f}"])
+        params = (c.get("index_meta") or {}).get("params")
+        if params:
+            rows.append(["index parameters", "", ", ".join(f"{k}={v}" for k, v in params.items()), ""])
         out.append((f"Deployed index vs exact search ({c['index']}, {c['n_items']:,} items)",
                     ["figure", "exact", "deployed index", "difference"], rows))
     o = metrics.get("oneshot")

@@ -137,3 +137,37 @@ def test_report_shows_index_comparison(tmp_path):
     html = (tmp_path / "report.html").read_text()
     assert "Deployed index vs exact search" in html and "-0.0100" in html
     assert "cmc" in written
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32"])
+def test_index_comparison_on_a_real_gallery(tiny_model, folders, tmp_path, factory):
+    from siamsearch.gallery import Gallery
+
+    g = Gallery.build(folders, tiny_model, out=tmp_path / "index" / "g", factory=factory, workers=0, progress=False)
+    g.close()
+    m = evaluate(tiny_model, None, index=tmp_path / "index" / "g", out=tmp_path / "r")
+    c = m["index_comparison"]
+    assert c["n_items"] == 36 and c["index_type"]
+    if factory == "Flat":  # an exact deployed index must agree with exact search
+        assert c["deployed"]["map_at_r"] == pytest.approx(c["exact"]["map_at_r"])
+        assert c["difference"]["precision_at_1"] == pytest.approx(0.0)
+    assert "Deployed index vs exact search" in (tmp_path / "r" / "report.html").read_text()
+    assert any(name.startswith("index:") for name, _ in summary_rows(m))
+
+
+def test_index_of_another_model_is_refused(tiny_model, folders, tmp_path):
+    import torch
+
+    from siamsearch.checkpoint import save_checkpoint
+    from siamsearch.config import ModelConfig
+    from siamsearch.errors import FingerprintMismatch
+    from siamsearch.gallery import Gallery
+    from siamsearch.model import EmbeddingNet
+
+    Gallery.build(folders, tiny_model, out=tmp_path / "g", factory="Flat", workers=0, progress=False).close()
+    torch.manual_seed(1)
+    cfg = ModelConfig(input_size=16, embedding_dim=8)
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, cfg, EmbeddingNet(cfg).state_dict(), {})
+    with pytest.raises(FingerprintMismatch):
+        evaluate(other, None, index=tmp_path / "g")
