@@ -94,10 +94,10 @@ def test_cli_table_and_json(tiny_model, folders, tmp_path):
                              "--bootstrap", "10", "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "ROC AUC" in r.output and "MAP@R" in r.output and (out / "report.html").exists()
-    r = runner.invoke(main, ["evaluate", "--model", str(tiny_model), "--data", str(folders), "--pairs", "200",
-                             "--bootstrap", "0", "--out", str(out), "--json", "--protocol", "verification"])
+    r = runner.invoke(main, ["evaluate", "--model", str(tiny_model), "--data", str(folders), "--out", str(out),
+                             "--json", "--protocol", "identification"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["verification"]["n_pairs"] == 200
+    assert json.loads(r.stdout)["identification"]["leave_one_out"]["n_queries"] == 36
     r = runner.invoke(main, ["evaluate", "--model", str(tiny_model)])
     assert r.exit_code == 2 and "--data" in r.output
     r = runner.invoke(main, ["evaluate", "--model", str(tiny_model), "--data", str(folders), "--protocol", "oneshot",
