@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-FORMATS = ("auto", "folders", "idx", "mnist", "fashion-mnist", "omniglot", "celeba")
-PROTOCOLS = ("verification", "identification", "oneshot", "all")
+from ..data import FORMATS
+from ..evaluate import PROTOCOLS
 
 
 @click.command(context_settings={"show_default": True})
