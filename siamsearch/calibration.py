@@ -51,6 +51,9 @@ CI_METHOD = ("Clopper-Pearson exact binomial interval on the pair counts (95%); 
 RECORD_KIND = "siamsearch.calibration"
 RECORD_VERSION = 1
 DECISION_RULE = "distance <= threshold -> same"
+#: Below this many held-out identities the record carries a warning: the impostor pairs then only
+#: show how these few identities differ, not how new ones will.
+FEW_IDENTITIES = 10
 
 
 class CalibrationWarning(UserWarning):
@@ -396,6 +399,10 @@ def calibrate(
         raise SiamsearchError(
             f"only {n_ids} identity is left after leaving out the {n_excluded} training identities; calibration "
             "needs at least 2 held-out identities (impostor pairs) with 2+ images (genuine pairs)")
+    if n_ids < FEW_IDENTITIES:
+        notes.append(f"only {n_ids} held-out identities: the impostor pairs show how these {n_ids} differ from "
+                     f"each other, not how new identities will; calibrate on {FEW_IDENTITIES} or more identities "
+                     "for a threshold that carries over")
     dist, is_same, info = calibration_pairs(model, held, pairs, seed, batch_size=batch_size, progress=progress)
     if info["n_unreadable_images"]:
         notes.append(f"{info['n_unreadable_images']} unreadable image(s) skipped; {info['pairs_unreadable']} "
@@ -459,8 +466,7 @@ def describe(record: dict) -> list[tuple[str, str]]:
 
 def threshold_source_text(record: dict) -> str:
     """One line saying where a calibrated threshold came from (rule, FAR/TAR at it, pair count)."""
-    rule = record.get("rule")
-    target = f" target {record['target_far']:g}" if record.get("target_far") else ""
-    return (f"calibration ({rule}{target}): FAR {record['far']:.2e} [{record['far_ci95'][0]:.1e}, "
+    target = f", target FAR {record['target_far']:g}" if record.get("target_far") else ""
+    return (f"calibration ({record.get('rule')} rule{target}): FAR {record['far']:.2e} [{record['far_ci95'][0]:.1e}, "
             f"{record['far_ci95'][1]:.1e}], TAR {record['tar']:.4f} on {record['n_genuine']:,} genuine / "
             f"{record['n_impostor']:,} impostor pairs, {record.get('created', '')[:10]}")

@@ -80,7 +80,7 @@ def test_calibrated_threshold_and_json(model, data, tmp_path):
     js = json.loads(out.stdout)
     assert js["calibration"] is None and js["threshold"] == 0.25 and js["threshold_source"] == "explicit"
     txt = runner.invoke(main, ["verify", str(a), str(b), "--model", str(model)]).output
-    assert ("SAME" in txt or "DIFFERENT" in txt) and "calibration (far target 0.1)" in txt and "pairs" in txt
+    assert ("SAME" in txt or "DIFFERENT" in txt) and "calibration (far rule, target FAR 0.1)" in txt and "pairs" in txt
     # a calibration record of another model is refused, in the API and with exit 2 in the CLI
     other = untrained_model(tmp_path / "other.pt", seed=3)
     calibrate(other, data, pairs=200, target_far=0.1, out=tmp_path / "other.json")
