@@ -110,14 +110,15 @@ class Embedder:
             net.load_state_dict(checkpoint.state_dict)
         except RuntimeError as e:
             raise SiamsearchError(f"checkpoint weights do not fit its own config ({str(e).splitlines()[0]}); re-train") from None
-        self.net = net.to(self.device).eval()
+        # channels_last: faster convolutions with oneDNN on CPU and tensor cores on CUDA (same results)
+        self.net = net.to(self.device).eval().to(memory_format=torch.channels_last)
         self.transform = build_transform(self.config, train=False)
 
     # --- embedding -------------------------------------------------------
     def embed_tensor(self, x: torch.Tensor) -> np.ndarray:
         """Preprocessed batch ``[B, C, S, S]`` -> embeddings ``[B, d]`` float32."""
         with torch.inference_mode():
-            x = x.to(self.device, non_blocking=True)
+            x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             if self.device.type == "cuda":
                 with torch.autocast("cuda", dtype=torch.float16):
                     out = self.net(x)
