@@ -85,6 +85,18 @@ def _is_single_image(x) -> bool:
     return False
 
 
+def _fold_batchnorm(net: torch.nn.Module) -> torch.nn.Module:
+    """Fold each eval-mode ``BatchNorm2d`` that follows a ``Conv2d`` in a ``Sequential`` into that conv."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for seq in [m for m in net.modules() if isinstance(m, torch.nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            if isinstance(seq[i], torch.nn.Conv2d) and isinstance(seq[i + 1], torch.nn.BatchNorm2d):
+                seq[i] = fuse_conv_bn_eval(seq[i], seq[i + 1])
+                seq[i + 1] = torch.nn.Identity()
+    return net
+
+
 class Embedder:
     """A trained :class:`EmbeddingNet` with its config, card and calibration.
 
@@ -110,8 +122,9 @@ class Embedder:
             net.load_state_dict(checkpoint.state_dict)
         except RuntimeError as e:
             raise SiamsearchError(f"checkpoint weights do not fit its own config ({str(e).splitlines()[0]}); re-train") from None
-        # channels_last: faster convolutions with oneDNN on CPU and tensor cores on CUDA (same results)
-        self.net = net.to(self.device).eval().to(memory_format=torch.channels_last)
+        # Inference only: BatchNorm folded into the convolutions, channels_last memory format (faster with
+        # oneDNN on CPU and tensor cores on CUDA); outputs equal the plain network's to ~1e-6.
+        self.net = _fold_batchnorm(net.eval()).to(self.device).to(memory_format=torch.channels_last)
         self.transform = build_transform(self.config, train=False)
 
     # --- embedding -------------------------------------------------------
