@@ -7,7 +7,11 @@ a majority over the top k is not used, because with few images per identity
 it lets a crowd of far neighbours outvote a close one. In **open-set** mode the
 prediction is ``"unknown"`` when the nearest neighbour is farther than the
 threshold (same rule as verification: a match iff ``distance <= threshold``);
-the threshold is an explicit value or the model's calibration.
+the threshold is an explicit value or the model's calibration. A threshold
+calibrated on *pairs* (FAR per impostor pair) accepts an unknown query more
+often against a gallery, since the nearest of ``N`` impostors is kept (about
+``1 - (1 - FAR)^N``); measure open-set rates on the gallery itself
+(``siamsearch evaluate --index``) before relying on ``"unknown"``.
 
 The model is found from the gallery (the checkpoint path it recorded, checked
 against the fingerprint it recorded) unless one is given (``model=``, CLI
