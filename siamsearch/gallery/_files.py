@@ -19,6 +19,12 @@ def fsync_path(path: PathLike) -> None:
         pass
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[str]:
     """Yield a temporary path next to ``path``; on success it is fsynced and renamed over ``path``.
@@ -32,6 +38,7 @@ def atomic_path(path: PathLike) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         fsync_path(tmp)
         os.replace(tmp, path)
     finally:

@@ -154,8 +154,9 @@ class BuildReport:
         lines = [f"{self.folder}: {self.rows} images indexed from {self.source_dir} "
                  f"({self.added} added, {self.changed} changed, {self.removed} removed, {self.unchanged} unchanged"
                  + (f", {self.resumed} resumed from an interrupted run" if self.resumed else "") + ")",
-                 f"embedded {self.embedded} images in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s); "
-                 f"index {self.factory} {self.index}"]
+                 f"embedded {self.embedded} images in {self.seconds:.1f} s"
+                 + (f" ({self.images_per_second:.1f} images/s)" if self.embedded >= 100 else "")
+                 + f"; index {self.factory} {self.index}"]
         if self.skipped:
             lines.append(f"warning: skipped {len(self.skipped)} unreadable file(s):")
             lines += [f"  {p}: {r}" for p, r in self.skipped]
