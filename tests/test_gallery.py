@@ -491,3 +491,19 @@ def test_empty_folder_builds_an_empty_gallery(tmp_path, tiny_model):
     assert len(g) == 0 and g.embeddings.shape == (0, 8)
     with pytest.raises(SiamsearchError, match="no images"):
         g.search(np.eye(8, dtype=np.float32)[:1], k=1)
+
+
+def test_journal_of_another_model_is_discarded_and_folders_are_locked(tmp_path, tiny_model, identity_folders):
+    out = tmp_path / "gal"
+    stale = gstore.PendingLog(out, "0123456789abcdef", str(identity_folders.resolve()), 8, "from-folder")
+    rel = "id_0/img_0.png"
+    st = (identity_folders / rel).stat()
+    stale.write(gstore.RowBlock([rel], ["id_0"], ["0" * 64], np.array([st.st_mtime]), np.array([st.st_size]),
+                                np.ones((1, 8), np.float32) / np.sqrt(8)))
+    g = build(identity_folders, tiny_model, out)
+    assert g.last_report.resumed == 0 and len(g) == 20
+    assert not np.allclose(g.embeddings[g.relpaths.index(rel)], 1 / np.sqrt(8))
+    with gstore.FolderLock(out):
+        with pytest.raises(GalleryError, match="another build or update"):
+            g.update(progress=False, workers=0)
+    assert len(g.search(g.embeddings[:1], k=2)) == 1  # still usable after the refused update

@@ -318,8 +318,12 @@ class Gallery:
         """
         model = self._model if model is None else model
         self._file.close()
-        report = update_gallery(self.folder, model=model, batch_size=batch_size, workers=workers, device=device,
-                                strict=strict, progress=progress)
+        try:
+            report = update_gallery(self.folder, model=model, batch_size=batch_size, workers=workers,
+                                    device=device, strict=strict, progress=progress)
+        except BaseException:
+            self._file = GalleryFile(self.folder / _store.H5_NAME)  # nothing was published: reopen as it was
+            raise
         embedder = model if _is_embedder(model) else None
         fresh = Gallery._open(self.folder, embedder, report)
         self._file, self.index, self._model, self.last_report = fresh._file, fresh.index, embedder, report
@@ -651,7 +655,7 @@ def _sync(folder: Path, source: Path, embedder, old: Optional[GalleryFile], fact
         raise GalleryError(f"{folder} holds {old.dim}-d embeddings but the model makes {dim}-d; "
                            f"{_store.rebuild_hint(folder)}")
     scan, label_mode = _scan(source, label_mode if old is None else old.attrs.get("label_mode", label_mode))
-    pending = _store.PendingLog(folder, embedder.fingerprint, str(source), dim)
+    pending = _store.PendingLog(folder, embedder.fingerprint, str(source), dim, label_mode)
 
     # --- what the current gallery already has
     n_old = old.n_rows if old is not None else 0

@@ -314,13 +314,14 @@ class GalleryWriter:
 class PendingLog:
     """Rows embedded by an unfinished build/update, in atomically written segment files.
 
-    The journal belongs to one model and one source folder (``session.json``);
-    a journal left by another model or folder is discarded.
+    The journal belongs to one model, source folder and label mode (``session.json``);
+    a journal left by another is discarded.
     """
 
-    def __init__(self, folder: os.PathLike | str, fingerprint: str, source_dir: str, dim: int):
+    def __init__(self, folder: os.PathLike | str, fingerprint: str, source_dir: str, dim: int, label_mode: str):
         self.dir = Path(folder) / PENDING_NAME
-        self.session = {"fingerprint": fingerprint, "source_dir": source_dir, "dim": int(dim)}
+        self.session = {"fingerprint": fingerprint, "source_dir": source_dir, "dim": int(dim),
+                        "label_mode": label_mode}
         info = self.dir / "session.json"
         if self.dir.exists():
             try:
