@@ -19,6 +19,8 @@ from siamsearch.errors import FingerprintMismatch, SiamsearchError
 
 TRAIN = ["ann", "bob", "cat"]
 HELD = ["dan", "eve", "fay", "gus", "hal"]
+# tiny data: the "few identities" / "too few impostor pairs" warnings are expected (tested where they matter)
+pytestmark = pytest.mark.filterwarnings("ignore::siamsearch.calibration.CalibrationWarning")
 
 
 @pytest.fixture
@@ -110,6 +112,7 @@ def test_calibrate_end_to_end(model, data):
     assert rec["data_digest"] == open_dataset(data).digest()
     assert rec["data"]["excluded_training_identities"] == 3 and rec["data"]["held_out_identities"] == 5
     assert rec["far_ci95"][0] <= rec["far"] <= rec["far_ci95"][1]
+    assert any("only 5 held-out identities" in w for w in rec["warnings"])  # fewer than 10: said so
     # independent check on the very pairs it saw: the threshold is the brute-force one for the target
     ds = open_dataset(data)
     held, _, _ = held_out_view(ds, {"train_identities": TRAIN})

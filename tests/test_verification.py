@@ -17,6 +17,8 @@ from siamsearch.errors import FingerprintMismatch, SiamsearchError
 from siamsearch.verification import VerificationResult, read_pairs_csv, verify_pairs
 
 NAMES = ["dan", "eve", "fay", "gus"]
+# tiny data: the "few identities" / "too few impostor pairs" warnings are expected (tested where they matter)
+pytestmark = pytest.mark.filterwarnings("ignore::siamsearch.calibration.CalibrationWarning")
 
 
 @pytest.fixture
