@@ -55,6 +55,7 @@ def _register() -> None:
     from . import data as _data; main.add_command(_data.data)  # noqa: E702
     from . import calibrate as _c, verify as _v, query as _q; [main.add_command(c) for c in (_c.calibrate, _v.verify, _q.query)]  # noqa: E702,E501
     from . import index as _index; main.add_command(_index.index)  # noqa: E702
+    from . import demo as _demo; main.add_command(_demo.demo)  # noqa: E702
 
 
 _register()
