@@ -58,7 +58,7 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true", help="a short run to check the pipeline (not the target figure)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--input-size", type=int, default=40)
-    p.add_argument("--loss", default="arcface")
+    p.add_argument("--loss", default="triplet")
     p.add_argument("--rotations", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--m-per-class", type=int, default=4)
