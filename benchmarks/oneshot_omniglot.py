@@ -56,8 +56,9 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=SHARED / "omniglot", help="folder with images_background_small{1,2}.zip and all_runs.zip")
     p.add_argument("--quick", action="store_true", help="a short run to check the pipeline (not the target figure)")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--input-size", type=int, default=40)
+    p.add_argument("--epochs", type=int, default=None, help="upper bound on epochs [default: 100; quick: 1]")
+    p.add_argument("--max-minutes", type=float, default=15.0, help="training budget (the target allows 15 min on 2 cores)")
+    p.add_argument("--input-size", type=int, default=32)
     p.add_argument("--loss", default="triplet")
     p.add_argument("--rotations", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=128)
@@ -66,7 +67,7 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="keep the trained checkpoint here")
     args = p.parse_args(argv)
-    epochs = args.epochs or (1 if args.quick else 30)
+    epochs = args.epochs or (1 if args.quick else 100)
 
     roots = [args.data / "images_background_small1.zip", args.data / "images_background_small2.zip"]
     runs_zip = args.data / "all_runs.zip"
@@ -86,7 +87,7 @@ def main(argv=None) -> dict:
         result = siamsearch.train(
             ds, out, loss=args.loss, input_size=args.input_size, in_channels=1, epochs=epochs,
             batch_size=args.batch_size, m_per_class=args.m_per_class, lr=args.lr, seed=args.seed,
-            val_fraction=0.1, val_pairs=2000, device="auto",
+            val_fraction=0.1, val_pairs=2000, device="auto", max_minutes=None if args.quick else args.max_minutes,
         )
         train_seconds = time.time() - t0
         model = siamsearch.load_model(out)
@@ -105,7 +106,7 @@ def main(argv=None) -> dict:
         "accuracy": accuracy, "train_seconds": round(train_seconds, 1),
         "baselines": {"raw_pixels": pixels, "untrained": untrained},
         "target": 0.92, "human": 0.955, "quick": args.quick,
-        "settings": {"epochs": epochs, "input_size": args.input_size, "loss": args.loss, "rotations": args.rotations,
+        "settings": {"epochs_run": len(result.history), "max_minutes": args.max_minutes, "input_size": args.input_size, "loss": args.loss, "rotations": args.rotations,
                      "batch_size": args.batch_size, "m_per_class": args.m_per_class, "lr": args.lr, "seed": args.seed,
                      "best_epoch": result.best_epoch, "backbone": cfg.backbone},
         "history": result.history,

@@ -66,6 +66,13 @@ class TrainResult:
         return self.history[self.best_epoch - 1]
 
 
+def lr_factor(fraction: float, warmup: float) -> float:
+    """Learning-rate multiplier at ``fraction`` (0..1) of a run: linear warm-up, then cosine to 0."""
+    if fraction < warmup:
+        return max(fraction / warmup, 1e-3)
+    return 0.5 * (1.0 + math.cos(math.pi * (fraction - warmup) / max(1e-9, 1.0 - warmup)))
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -152,6 +159,7 @@ def train(
     val_max_images: int = 4000,
     workers: int = 0,
     resume: bool = False,
+    max_minutes: Optional[float] = None,
     progress: bool = True,
 ) -> TrainResult:
     """Train an embedding model and write the best epoch to ``out``.
@@ -181,6 +189,11 @@ def train(
         val_pairs, val_max_images: size of the per-epoch validation.
         workers: DataLoader worker processes.
         resume: continue the interrupted run whose state is in ``out + ".last"``.
+        max_minutes: a wall-clock budget: the learning-rate schedule follows the
+            clock instead of the step count, and training stops (after
+            validating the epoch in progress) when the budget is spent;
+            ``epochs`` is then an upper bound. Runs are not bit-reproducible
+            under a budget (how far they get depends on the machine).
 
     Returns:
         :class:`TrainResult`.
@@ -220,7 +233,7 @@ def train(
     hyper = dict(
         loss=loss, backbone=backbone, epochs=epochs, batch_size=batch_size, m_per_class=m_per_class,
         steps_per_epoch=steps_per_epoch, lr=lr, weight_decay=weight_decay, margin=margin, augment=augment,
-        seed=seed, val_fraction=val_fraction, val_pairs=val_pairs, weights=weights,
+        seed=seed, val_fraction=val_fraction, val_pairs=val_pairs, weights=weights, max_minutes=max_minutes,
     )
     card = {
         "data": {"source": str(data) if not isinstance(data, ImageDataset) else ds.source(0),
@@ -251,10 +264,18 @@ def train(
                                         num_batches=steps_per_epoch)
         steps = len(sampler)
     total_steps = max(1, steps * epochs)
-    warmup = min(steps, total_steps // 5 + 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total_steps - warmup)))
-    )
+    budget_s = None if max_minutes is None else 60.0 * float(max_minutes)
+    clock = {"start": time.time(), "before": 0.0}  # "before": seconds spent by an interrupted run (resume)
+
+    def elapsed() -> float:
+        return clock["before"] + time.time() - clock["start"]
+
+    def fraction(step: int) -> float:
+        """Share of the run done: by steps, or by the clock under a time budget."""
+        return min(1.0, elapsed() / budget_s) if budget_s else step / total_steps
+
+    warm = min(0.2, 1.0 / epochs)  # warm up over one epoch (at most a fifth of the run)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(fraction(step), warm))
     scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
 
     history: list = []
@@ -275,6 +296,7 @@ def train(
         optimizer.load_state_dict(ck.resume["optimizer"])
         scheduler.load_state_dict(ck.resume["scheduler"])
         history = ck.card["history"]
+        clock["before"] = float(sum(h["seconds"] for h in history))
         start_epoch = int(ck.resume["epoch"])
         best_epoch, best_score = int(ck.card["best_epoch"]), float(ck.resume["best_score"])
 
@@ -300,6 +322,8 @@ def train(
         criterion.train()
         losses = []
         for batch in loader:
+            if budget_s and elapsed() >= budget_s:
+                break
             if batch is None:
                 continue
             with torch.autocast("cuda", dtype=torch.float16, enabled=dev.type == "cuda"):
@@ -340,6 +364,10 @@ def train(
             if "val_auc" in record:
                 msg += f" val AUC {record['val_auc']:.4f} P@1 {record['val_precision_at_1']:.4f}"
             bar.write(msg)
+        if budget_s and elapsed() >= budget_s:
+            if bar is not None:
+                bar.write(f"time budget of {max_minutes:g} min used up after epoch {epoch + 1}")
+            break
     if bar is not None:
         bar.close()
     # final card with the full history, written into the best checkpoint

@@ -109,3 +109,18 @@ def test_cli_train_and_bad_input(data, tmp_path):
     assert r.exit_code == 2 and "does not exist" in r.output
     r = runner.invoke(main, ["train", "--data", str(data), "--out", str(out), "--loss", "hinge"])
     assert r.exit_code == 2 and "hinge" in r.output
+
+
+def test_time_budget_stops_training(data, tmp_path):
+    result = siamsearch.train(data, tmp_path / "b.pt", epochs=500, seed=0, max_minutes=0.05, **FAST)
+    assert 1 <= len(result.history) < 500
+    assert result.seconds < 60
+
+
+def test_lr_factor_warms_up_then_decays():
+    from siamsearch.trainer import lr_factor
+
+    assert lr_factor(0.05, 0.1) == pytest.approx(0.5)
+    assert lr_factor(0.1, 0.1) == pytest.approx(1.0)
+    assert lr_factor(0.55, 0.1) == pytest.approx(0.5)
+    assert lr_factor(1.0, 0.1) == pytest.approx(0.0, abs=1e-12)

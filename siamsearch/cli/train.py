@@ -38,9 +38,13 @@ from ..data import FORMATS
 @click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=0.2, help="Share of identities held out for validation.")
 @click.option("--workers", type=click.IntRange(0), default=0, help="DataLoader worker processes.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run that wrote OUT.last.")
+@click.option("--max-minutes", type=click.FloatRange(0, min_open=True), default=None,
+              help="Wall-clock budget: the LR schedule follows the clock and training stops when it is spent "
+                   "(--epochs becomes an upper bound).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def train(data, out, format_, split, loss, backbone, weights, input_size, channels, embedding_dim, hflip, augment,
-          epochs, batch_size, m_per_class, steps_per_epoch, lr, margin, seed, device, val_fraction, workers, resume, as_json):
+          epochs, batch_size, m_per_class, steps_per_epoch, lr, margin, seed, device, val_fraction, workers, resume,
+          max_minutes, as_json):
     """Train an embedding model on a labelled dataset and write a checkpoint.
 
     Identities are split into class-disjoint train/validation parts; every
@@ -57,7 +61,7 @@ def train(data, out, format_, split, loss, backbone, weights, input_size, channe
         weights=weights, input_size=input_size, in_channels=int(channels) if channels else None,
         embedding_dim=embedding_dim, hflip=hflip, augment=augment, epochs=epochs, batch_size=batch_size,
         m_per_class=m_per_class, steps_per_epoch=steps_per_epoch, lr=lr, margin=margin, seed=seed, device=device,
-        val_fraction=val_fraction, workers=workers, resume=resume, progress=not as_json,
+        val_fraction=val_fraction, workers=workers, resume=resume, max_minutes=max_minutes, progress=not as_json,
     )
     if as_json:
         click.echo(json.dumps({"path": result.path, "fingerprint": result.fingerprint, "best_epoch": result.best_epoch,
