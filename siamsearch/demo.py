@@ -28,6 +28,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Optional, Union
 
@@ -90,7 +91,11 @@ def _say(text: str) -> None:
 def _step(name: str, log: list, fn, *args, **kwargs):
     _say(f"\n== {name}")
     t0 = time.time()
-    out = fn(*args, **kwargs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = fn(*args, **kwargs)
+    for note in dict.fromkeys(str(w.message) for w in caught):
+        _say(f"note: {note}")
     log.append((name, time.time() - t0))
     return out
 
