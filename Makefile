@@ -12,7 +12,6 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(PY) setup.cfg pyproject.toml
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH) || $(PY) -m pip install -q torch torchvision
 	$(PY) -m pip install -q -e ".[test,demo]"
 	touch $(STAMP)
