@@ -106,6 +106,8 @@ def main(argv=None) -> dict:
         "accuracy": accuracy, "train_seconds": round(train_seconds, 1),
         "baselines": {"raw_pixels": pixels, "untrained": untrained},
         "target": 0.92, "human": 0.955, "quick": args.quick,
+        "summary": {"accuracy": round(accuracy, 4), "raw_pixels": round(pixels, 4), "untrained": round(untrained, 4),
+                    "train_minutes": round(train_seconds / 60, 1), "target_0.92_met": accuracy >= 0.92},
         "settings": {"epochs_run": len(result.history), "max_minutes": args.max_minutes, "input_size": args.input_size, "loss": args.loss, "rotations": args.rotations,
                      "batch_size": args.batch_size, "m_per_class": args.m_per_class, "lr": args.lr, "seed": args.seed,
                      "best_epoch": result.best_epoch, "backbone": cfg.backbone},

@@ -86,6 +86,9 @@ def main(argv=None) -> dict:
                "settings": {"epochs": epochs, "steps_per_epoch": steps, "loss": args.loss,
                             "input_size": args.input_size, "seed": args.seed, "best_epoch": result.best_epoch},
                "beats_raw_pixels": all(trained[k] > raw[k] for k in ("auc", "precision_at_1", "map_at_r"))}
+    payload["summary"] = {**{k: round(trained[k], 4) for k in ("auc", "precision_at_1", "map_at_r")},
+                          **{f"raw_{k}": round(raw[k], 4) for k in ("auc", "precision_at_1", "map_at_r")},
+                          "train_minutes": round(train_seconds / 60, 1), "beats_raw_pixels": payload["beats_raw_pixels"]}
     fmt = lambda s: (f"{s['auc']:.4f}", f"{s['precision_at_1']:.4f}", f"{s['map_at_r']:.4f}")  # noqa: E731
     rows = [("siamsearch (trained on classes 0-4)", *fmt(trained)), ("untrained network", *fmt(untrained)),
             ("raw pixels", *fmt(raw))]

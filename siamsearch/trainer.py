@@ -236,7 +236,7 @@ def train(
         seed=seed, val_fraction=val_fraction, val_pairs=val_pairs, weights=weights, max_minutes=max_minutes,
     )
     card = {
-        "data": {"source": str(data) if not isinstance(data, ImageDataset) else ds.source(0),
+        "data": {"source": str(data) if not isinstance(data, ImageDataset) else str(ds.root or ds.format),
                  "format": ds.format, "digest": ds.digest(), "images": len(ds), "identities": ds.num_identities},
         "train_identities": [train_ds.identity_names[i] for i in range(train_ds.num_identities)],
         "val_identities": [val_ds.identity_names[i] for i in range(val_ds.num_identities)] if val_ds else [],
