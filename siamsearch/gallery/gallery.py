@@ -673,7 +673,7 @@ def _sync(folder: Path, source: Path, embedder, old: Optional[GalleryFile], fact
     # --- classify every file
     needed: set = set()  # files that need a new row (new or changed content)
     replaced: dict = {}  # relpath -> old row, for changed files
-    unchanged = resumed = 0
+    unchanged = resumed = touched = 0
     to_embed: list = []
     for r, s, m in zip(scan.relpaths, scan.size, scan.mtime):
         row = live_row.get(r)
@@ -687,6 +687,7 @@ def _sync(folder: Path, source: Path, embedder, old: Optional[GalleryFile], fact
                 same = False
             if same:
                 old_mtime[row] = m  # touched, same bytes: keep the row, remember the new mtime
+                touched += 1
                 unchanged += 1
                 continue
             replaced[r] = row
@@ -750,6 +751,13 @@ def _sync(folder: Path, source: Path, embedder, old: Optional[GalleryFile], fact
         listing = "\n".join(f"  {p}: {r}" for p, r in skipped)
         raise SiamsearchError(f"--strict: {len(skipped)} file(s) could not be read, nothing was published "
                               f"(rows embedded so far are kept for the next run):\n{listing}")
+    if (old is not None and not journal and not newly_deleted and not touched and skipped == sorted(old.skipped())
+            and old.attrs.get("requested_factory") == factory and _store.index_is_current(folder, old.attrs)):
+        pending.clear()  # nothing changed: the published gallery stands as it is
+        return BuildReport(folder=str(folder), source_dir=str(source), files=len(scan.relpaths) + len(scan.skipped),
+                           added=0, changed=0, removed=0, unchanged=unchanged, resumed=0, skipped=tuple(skipped),
+                           embedded=0, seconds=time.perf_counter() - t0, index="unchanged",
+                           factory=str(old.attrs.get("index_factory", "")), rows=int(len(live_row)))
 
     # --- write the new gallery.h5 (temporary name), old rows first, then the journal's rows
     deleted = old_deleted.copy()
