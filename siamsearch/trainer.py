@@ -265,7 +265,9 @@ def train(
         steps = len(sampler)
     total_steps = max(1, steps * epochs)
     budget_s = None if max_minutes is None else 60.0 * float(max_minutes)
-    clock = {"start": time.time(), "before": 0.0}  # "before": seconds spent by an interrupted run (resume)
+    # "before": seconds spent by an interrupted run (resume); "reserve": the last validation's duration,
+    # kept free at the end so that the final epoch's validation also fits in the budget
+    clock = {"start": time.time(), "before": 0.0, "reserve": 0.0}
 
     def elapsed() -> float:
         return clock["before"] + time.time() - clock["start"]
@@ -322,7 +324,7 @@ def train(
         criterion.train()
         losses = []
         for batch in loader:
-            if budget_s and elapsed() >= budget_s:
+            if budget_s and elapsed() + clock["reserve"] >= budget_s:
                 break
             if batch is None:
                 continue
@@ -346,7 +348,9 @@ def train(
         record = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
                   "lr": float(scheduler.get_last_lr()[0])}
         if val_ds is not None:
+            t_val = time.time()
             record.update(_validate(net, val_ds.with_transform(eval_tf), dev, seed, val_pairs, batch_size))
+            clock["reserve"] = time.time() - t_val
         record["seconds"] = round(time.time() - t0, 2)
         history.append(record)
         score = record.get("val_auc", float(epoch))
@@ -364,7 +368,7 @@ def train(
             if "val_auc" in record:
                 msg += f" val AUC {record['val_auc']:.4f} P@1 {record['val_precision_at_1']:.4f}"
             bar.write(msg)
-        if budget_s and elapsed() >= budget_s:
+        if budget_s and elapsed() + clock["reserve"] >= budget_s:
             if bar is not None:
                 bar.write(f"time budget of {max_minutes:g} min used up after epoch {epoch + 1}")
             break
