@@ -345,6 +345,8 @@ def main() -> None:
          f"+{r_large['build_growth_mb']:,.0f} MB", "<= +300 MB", "yes" if met["rss_growth_mb"] else "no"),
         (f"update after changing {changed} files (1 %)", f"{update_s:.2f} s", f"{update_s / build_s:.1%} of the "
          f"{build_s:.0f} s build", "<= 5 %", "yes" if met["update_fraction_of_build"] else "no"),
+        ("machine load (1-min average), start / end", f"{load_before} / {load_after}",
+         f"{os.cpu_count()} cores shared with other jobs", "", ""),
     ]
     path = write_results("embed_throughput", payload, rows, ("measure", "value", "relative", "target", "met"),
                          f"Embedding throughput ({len(files):,} images, {cfg.backbone} {cfg.input_size}px, "
