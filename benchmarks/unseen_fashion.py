@@ -45,12 +45,12 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true", help="a short run to check the pipeline")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--steps-per-epoch", type=int, default=None)
-    p.add_argument("--loss", default="triplet")
+    p.add_argument("--loss", default="contrastive")
     p.add_argument("--input-size", type=int, default=28)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    epochs = args.epochs or (1 if args.quick else 4)
-    steps = args.steps_per_epoch or (40 if args.quick else None)
+    epochs = args.epochs or 1
+    steps = args.steps_per_epoch or (40 if args.quick else 100)
     if not args.data.exists():
         sys.exit(f"missing {args.data}; pass --data pointing at the Fashion-MNIST IDX files")
 
