@@ -33,7 +33,7 @@ from typing import Any, Optional, Union
 import torch
 
 from .config import ModelConfig
-from .errors import CheckpointError, SiamsearchError
+from .errors import CheckpointError, FingerprintMismatch, SiamsearchError
 
 FORMAT = "siamsearch.checkpoint"
 FORMAT_VERSION = 1
@@ -168,8 +168,6 @@ def write_calibration(path: PathLike, record: Optional[dict]) -> None:
     Raises:
         FingerprintMismatch: when ``record["model_fingerprint"]`` is not this checkpoint's.
     """
-    from .errors import FingerprintMismatch
-
     obj = _read(path)
     if record is not None and record.get("model_fingerprint") not in (None, obj["fingerprint"]):
         raise FingerprintMismatch(

@@ -179,12 +179,13 @@ def run_demo(out: PathLike = "runs/demo", index: PathLike = "index/demo", fresh:
 
     report = _step("query", log, identify, gallery,
                    [data / "probe"], k=5, open_set=True)
-    known = [a for a in report.answers if a.error is None and not a.query.split(os.sep)[-2].endswith(str(ABSENT_FROM_GALLERY))]
-    absent = [a for a in report.answers if a.error is None and a.query.split(os.sep)[-2].endswith(str(ABSENT_FROM_GALLERY))]
-    truth = lambda a: a.query.split(os.sep)[-2]  # noqa: E731
+    truth = {a.query: Path(a.query).parent.name for a in report.answers if a.error is None}  # digit_N folder
+    absent_name = f"digit_{ABSENT_FROM_GALLERY}"
+    known = [a for a in report.answers if a.query in truth and truth[a.query] != absent_name]
+    absent = [a for a in report.answers if truth.get(a.query) == absent_name]
     ident = {
         "probes_known": len(known),
-        "correct_known": sum(a.prediction == truth(a) for a in known) / max(1, len(known)),
+        "correct_known": sum(a.prediction == truth[a.query] for a in known) / max(1, len(known)),
         "rejected_known": sum(a.prediction == "unknown" for a in known) / max(1, len(known)),
         "probes_absent": len(absent),
         "unknown_for_absent": sum(a.prediction == "unknown" for a in absent) / max(1, len(absent)),

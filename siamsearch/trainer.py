@@ -14,7 +14,6 @@ import json
 import math
 import os
 import platform
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from .losses import LOSSES, make_loss
 from .metrics.identification import precision_at_1
 from .metrics.verification import roc_auc
 from .model import EmbeddingNet
-from .preprocess import build_transform
+from .preprocess import build_transform, seed_augmentation
 
 PathLike = Union[str, os.PathLike]
 
@@ -74,9 +73,8 @@ def lr_factor(fraction: float, warmup: float) -> float:
 
 
 def _seed_everything(seed: int) -> None:
-    random.seed(seed)
+    seed_augmentation(seed)  # python `random` and torch, which the transforms draw from
     np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
 
 
 def guess_channels_and_size(ds: ImageDataset, seed: int) -> tuple[int, int]:
@@ -302,12 +300,11 @@ def train(
         start_epoch = int(ck.resume["epoch"])
         best_epoch, best_score = int(ck.card["best_epoch"]), float(ck.resume["best_score"])
 
-    bar_total = total_steps
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=bar_total, initial=start_epoch * steps, desc="training", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=total_steps, initial=start_epoch * steps, desc="training", unit="step", dynamic_ncols=True)
     for epoch in range(start_epoch, epochs):
         t0 = time.time()
         _seed_everything(seed * 1000 + epoch)
