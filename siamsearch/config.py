@@ -10,6 +10,9 @@ from .errors import SiamsearchError
 #: Backbones :class:`siamsearch.model.EmbeddingNet` can build.
 BACKBONES = ("smallcnn", "resnet18", "resnet34", "resnet50", "efficientnet_b0")
 
+#: Where the embedding is read: the projection head or the backbone's pooled features.
+EMBED_FROM = ("head", "backbone")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -19,11 +22,20 @@ class ModelConfig:
         backbone: one of :data:`BACKBONES`.
         input_size: images are resized to ``input_size x input_size`` pixels.
         in_channels: 1 (grey) or 3 (RGB); every image is converted to this.
-        embedding_dim: length ``d`` of the L2-normalised embedding.
+        embedding_dim: output size of the projection head (the embedding's
+            length ``d`` when ``embed_from="head"``).
         mean, std: per-channel normalisation applied after scaling pixels to [0, 1];
             one value per input channel.
         hflip: whether horizontal flips are a valid augmentation for this data
             (faces, products: yes; characters and digits: no).
+        embed_from: ``"head"`` (default): the embedding is the projection
+            head's output. ``"backbone"``: the embedding is the backbone's
+            pooled features (L2-normalised; smallcnn 1024-d, resnet18/34 512,
+            resnet50 2048, efficientnet_b0 1280) and the head is used only by
+            the training loss. Features before a projection head keep more of
+            what the loss does not need, so they transfer better to
+            identities unlike the training ones when there are few of those
+            (SimCLR, Chen et al. 2020, section 4.2).
     """
 
     backbone: str = "smallcnn"
@@ -33,12 +45,15 @@ class ModelConfig:
     mean: tuple = (0.5,)
     std: tuple = (0.5,)
     hflip: bool = False
+    embed_from: str = "head"
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise SiamsearchError(
                 f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}"
             )
+        if self.embed_from not in EMBED_FROM:
+            raise SiamsearchError(f"embed_from must be one of {', '.join(EMBED_FROM)}, got {self.embed_from!r}")
         if self.in_channels not in (1, 3):
             raise SiamsearchError(f"in_channels must be 1 or 3, got {self.in_channels}")
         if not (8 <= int(self.input_size) <= 1024):
@@ -65,6 +80,8 @@ class ModelConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if d["embed_from"] == "head":  # omitted at its default: checkpoints written before the field keep their fingerprint
+            del d["embed_from"]
         return d
 
     def to_json(self) -> str:

@@ -117,6 +117,8 @@ class Embedder:
         path: the checkpoint file it came from (``None`` when built in memory).
         device: where the network runs.
         transform: the eval preprocessing, ``image -> [C, S, S]`` tensor.
+        dim: the embedding's length ``d`` (``config.embedding_dim``, or the
+            backbone's feature size when ``config.embed_from == "backbone"``).
     """
 
     def __init__(self, checkpoint: Checkpoint, path: Optional[str] = None, device: Union[str, torch.device] = "auto"):
@@ -133,6 +135,7 @@ class Embedder:
             raise SiamsearchError(f"checkpoint weights do not fit its own config ({str(e).splitlines()[0]}); re-train") from None
         # Inference only: BatchNorm folded into the convolutions, channels_last memory format (faster with
         # oneDNN on CPU and tensor cores on CUDA); outputs equal the plain network's to ~1e-6.
+        self.dim: int = int(net.output_dim)
         self.net = _fold_batchnorm(net.eval()).to(self.device).to(memory_format=torch.channels_last)
         self.transform = build_transform(self.config, train=False)
 
@@ -162,7 +165,7 @@ class Embedder:
             UnreadableImage: when a given file cannot be decoded.
         """
         items = [images] if _is_single_image(images) else list(images)
-        out = np.zeros((len(items), self.config.embedding_dim), dtype=np.float32)
+        out = np.zeros((len(items), self.dim), dtype=np.float32)
         rng = range(0, len(items), batch_size)
         if progress:
             from tqdm import tqdm
@@ -197,7 +200,7 @@ class Embedder:
 
             bar = tqdm(total=len(paths), desc="embedding", unit="img")
         for positions, batch, failures in loader:
-            emb = self.embed_tensor(batch) if batch is not None else np.zeros((0, self.config.embedding_dim), np.float32)
+            emb = self.embed_tensor(batch) if batch is not None else np.zeros((0, self.dim), np.float32)
             if bar is not None:
                 bar.update(len(positions) + len(failures))
             yield EmbeddedBatch(positions.numpy(), emb, list(failures))

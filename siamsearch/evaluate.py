@@ -100,7 +100,7 @@ def embed_dataset(model, ds, batch_size: int = 128, progress: bool = False) -> t
             bar.update(min(n, start + batch_size) - start)
     if bar is not None:
         bar.close()
-    d = model.config.embedding_dim
+    d = model.dim
     return (
         np.concatenate(embs) if embs else np.zeros((0, d), np.float32),
         np.asarray(kept, dtype=np.int64),

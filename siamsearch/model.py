@@ -1,7 +1,8 @@
 """EmbeddingNet: the one model class that trains, indexes and verifies.
 
 backbone (features) -> projection head (Linear to ``embedding_dim``) -> L2
-normalisation. Every layer, including the head's input size, is created in
+normalisation; with ``config.embed_from == "backbone"`` the embedding is the
+L2-normalised features and the head serves the training loss only. Every layer, including the head's input size, is created in
 ``__init__`` from the :class:`ModelConfig`; ``forward`` creates nothing.
 """
 from __future__ import annotations
@@ -104,7 +105,10 @@ class EmbeddingNet(nn.Module):
             Ignored once a checkpoint's weights are loaded.
 
     ``forward(x)``: ``x [B, in_channels, input_size, input_size]`` float ->
-    ``[B, embedding_dim]`` float, each row of unit L2 norm.
+    the embedding ``[B, output_dim]`` float, each row of unit L2 norm
+    (``output_dim`` is ``embedding_dim``, or ``feature_dim`` when embedding
+    from the backbone). ``project(x)``: the head's output ``[B, embedding_dim]``,
+    unit rows; what the training losses see.
     """
 
     def __init__(self, config: ModelConfig, weights: Optional[str] = None):
@@ -121,11 +125,18 @@ class EmbeddingNet(nn.Module):
         if config.input_size < min_size:
             raise SiamsearchError(f"{config.backbone} needs input_size >= {min_size}, got {config.input_size}")
         self.feature_dim = feat_dim
+        self.output_dim = config.embedding_dim if config.embed_from == "head" else feat_dim
         self.head = nn.Linear(feat_dim, config.embedding_dim)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` -> backbone features ``[B, feature_dim]``."""
         return self.backbone(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` -> projection head output ``[B, embedding_dim]``, unit rows."""
         return F.normalize(self.head(self.forward_features(x)).float(), dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.embed_from == "head":
+            return self.project(x)
+        return F.normalize(self.forward_features(x).float(), dim=1)

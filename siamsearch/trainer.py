@@ -140,6 +140,7 @@ def train(
     input_size: Optional[int] = None,
     in_channels: Optional[int] = None,
     embedding_dim: int = 128,
+    embed_from: str = "head",
     hflip: bool = False,
     weights: Optional[str] = None,
     epochs: int = 10,
@@ -170,8 +171,9 @@ def train(
         format, split: passed to :func:`siamsearch.data.open_dataset`.
         loss: ``"contrastive"`` (balanced pairs), ``"triplet"`` (batch-hard,
             M-per-class batches) or ``"arcface"`` (margin softmax on identity ids).
-        backbone, input_size, in_channels, embedding_dim, hflip: the
-            :class:`ModelConfig`; ``input_size``/``in_channels`` default to a
+        backbone, input_size, in_channels, embedding_dim, embed_from, hflip: the
+            :class:`ModelConfig` (``embed_from="backbone"``: embed with the
+            backbone's features, the head serving the loss only); ``input_size``/``in_channels`` default to a
             guess from the images (32 px for small images, else 64; grey unless colour).
         weights: backbone init for torchvision backbones (local state dict path or "imagenet").
         epochs, batch_size, lr, weight_decay, margin: optimisation (AdamW, cosine
@@ -226,7 +228,7 @@ def train(
     guess_c, guess_s = guess_channels_and_size(ds, seed)
     config = ModelConfig.for_channels(
         in_channels or guess_c, backbone=backbone, input_size=input_size or guess_s,
-        embedding_dim=embedding_dim, hflip=hflip,
+        embedding_dim=embedding_dim, hflip=hflip, embed_from=embed_from,
     )
     hyper = dict(
         loss=loss, backbone=backbone, epochs=epochs, batch_size=batch_size, m_per_class=m_per_class,
@@ -328,11 +330,11 @@ def train(
             with torch.autocast("cuda", dtype=torch.float16, enabled=dev.type == "cuda"):
                 if loss == "contrastive":
                     xa, xb, is_same = batch
-                    emb = net(torch.cat([xa, xb]).to(dev, non_blocking=True))
+                    emb = net.project(torch.cat([xa, xb]).to(dev, non_blocking=True))
                     value = criterion(emb[: len(xa)], emb[len(xa):], is_same.to(dev))
                 else:
                     x, y = batch
-                    value = criterion(net(x.to(dev, non_blocking=True)), y.to(dev))
+                    value = criterion(net.project(x.to(dev, non_blocking=True)), y.to(dev))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(value).backward()
             scaler.step(optimizer)

@@ -335,7 +335,7 @@ def verify_pairs(model, pairs: Union[PathLike, Sequence[PairRow]], threshold: Op
     for chunk in _chunks(rows, PAIR_CHUNK):
         files = sorted({r.path_a for r in chunk} | {r.path_b for r in chunk})
         pos = {f: i for i, f in enumerate(files)}
-        emb = np.zeros((len(files), model.config.embedding_dim), np.float32)
+        emb = np.zeros((len(files), model.dim), np.float32)
         failed: dict[int, str] = {}
         for batch in model.embed_files(files, batch_size=batch_size, workers=workers):
             emb[batch.positions] = batch.embeddings

@@ -39,6 +39,27 @@ def test_train_writes_loadable_checkpoint(data, tmp_path, loss):
         assert "weight" in ck.head_state
 
 
+def test_embed_from_backbone_trains_and_embeds_with_features(data, tmp_path):
+    out = tmp_path / "bb.pt"
+    siamsearch.train(data, out, loss="triplet", epochs=1, seed=1, embed_from="backbone", **FAST)
+    model = siamsearch.load_model(out)
+    assert model.config.embed_from == "backbone" and model.config.embedding_dim == 8
+    paths = sorted(str(p) for p in data.rglob("*.png"))[:4]
+    emb = model.embed(paths)
+    assert emb.shape == (4, model.dim) and model.dim == 1024  # smallcnn: 256 channels x 2 x 2
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    # the same through the CLI option, and a gallery of it has the feature dimension
+    r = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(tmp_path / "cli.pt"), "--epochs", "1",
+                                  "--input-size", "16", "--batch-size", "8", "--m-per-class", "2",
+                                  "--embed-from", "backbone", "--json"])
+    assert r.exit_code == 0, r.output
+    assert siamsearch.load_model(tmp_path / "cli.pt").dim == 1024
+    from siamsearch.gallery import Gallery
+
+    g = Gallery.build(data, model, out=tmp_path / "gal", progress=False)
+    assert g.dim == 1024 and len(g) == 24
+
+
 def test_same_seed_same_model(data, tmp_path):
     a = siamsearch.train(data, tmp_path / "a.pt", epochs=1, seed=3, **FAST)
     b = siamsearch.train(data, tmp_path / "b.pt", epochs=1, seed=3, **FAST)

@@ -650,7 +650,7 @@ def _sync(folder: Path, source: Path, embedder, old: Optional[GalleryFile], fact
     if batch_size < 1:
         raise SiamsearchError(f"batch size must be at least 1, got {batch_size}")
     workers = default_workers() if workers is None else int(workers)
-    dim = int(embedder.config.embedding_dim)
+    dim = embedder.dim
     if old is not None and old.dim != dim:
         raise GalleryError(f"{folder} holds {old.dim}-d embeddings but the model makes {dim}-d; "
                            f"{_store.rebuild_hint(folder)}")
