@@ -7,6 +7,10 @@ in all_runs.zip: the share of the 400 queries whose nearest reference is the
 correct one. Baselines measured in the same run: raw pixels (L2-normalised
 105x105 images) and the same network untrained.
 
+Recipe: smallcnn at 32 px, triplet loss with batch-hard mining (the library's
+default; 128 images of 32 identities per batch), a 15-minute wall-clock budget.
+Batch-all reached 92.0% under the same budget, batch-hard 95.75%.
+
 Reference figures: Koch et al. 2015 Siamese network 92.0% (30 alphabets, GPU),
 humans 95.5%.
 
@@ -60,6 +64,8 @@ def main(argv=None) -> dict:
     p.add_argument("--max-minutes", type=float, default=15.0, help="training budget (the target allows 15 min on 2 cores)")
     p.add_argument("--input-size", type=int, default=32)
     p.add_argument("--loss", default="triplet")
+    p.add_argument("--mining", default="hard", choices=("all", "hard"),
+                   help="triplet mining [hard: 95.75%% vs all: 92.0%% here, same 15-min budget]")
     p.add_argument("--rotations", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--m-per-class", type=int, default=4)
@@ -86,7 +92,7 @@ def main(argv=None) -> dict:
         t0 = time.time()
         result = siamsearch.train(
             ds, out, loss=args.loss, input_size=args.input_size, in_channels=1, epochs=epochs,
-            batch_size=args.batch_size, m_per_class=args.m_per_class, lr=args.lr, seed=args.seed,
+            batch_size=args.batch_size, m_per_class=args.m_per_class, lr=args.lr, seed=args.seed, mining=args.mining,
             val_fraction=0.1, val_pairs=2000, device="auto", max_minutes=None if args.quick else args.max_minutes,
         )
         train_seconds = time.time() - t0
@@ -108,7 +114,8 @@ def main(argv=None) -> dict:
         "target": 0.92, "human": 0.955, "quick": args.quick,
         "summary": {"accuracy": round(accuracy, 4), "raw_pixels": round(pixels, 4), "untrained": round(untrained, 4),
                     "train_minutes": round(train_seconds / 60, 1), "target_0.92_met": accuracy >= 0.92},
-        "settings": {"epochs_run": len(result.history), "max_minutes": args.max_minutes, "input_size": args.input_size, "loss": args.loss, "rotations": args.rotations,
+        "settings": {"epochs_run": len(result.history), "max_minutes": args.max_minutes, "input_size": args.input_size, "loss": args.loss, "mining": args.mining,
+                     "rotations": args.rotations,
                      "batch_size": args.batch_size, "m_per_class": args.m_per_class, "lr": args.lr, "seed": args.seed,
                      "best_epoch": result.best_epoch, "backbone": cfg.backbone},
         "history": result.history,

@@ -9,7 +9,9 @@ its own pairs; the top-level figures are the means over seeds and
 ``beats_raw_pixels`` holds only when every seed beats raw pixels on all three.
 
 Recipe: smallcnn at 32 px (at 28 px its last feature map is 1x1 and the
-spatial layout is lost), batch-hard triplet for 150 steps, and the embedding
+spatial layout is lost), batch-all triplet for 150 steps (batch-hard, the
+library's default, also passes: 3-seed means AUC 0.8118, P@1 0.9469, MAP@R
+0.5032), and the embedding
 read from the backbone's pooled features (``embed_from="backbone"``): five
 training classes are too few for the projection head's output to generalise
 (it collapses the unseen classes: AUC 0.71 against raw pixels' 0.76).
@@ -56,7 +58,7 @@ def run_seed(train_ds, test_images: list, ids: np.ndarray, args, seed: int, epoc
         out = Path(tmp) / "fashion.pt"
         t0 = time.time()
         result = siamsearch.train(train_ds, out, loss=args.loss, input_size=args.input_size, in_channels=1,
-                                  epochs=epochs, steps_per_epoch=steps, seed=seed, embed_from=args.embed_from,
+                                  epochs=epochs, steps_per_epoch=steps, seed=seed, embed_from=args.embed_from, mining=args.mining,
                                   lr=args.lr, val_fraction=0.0)  # all 5 classes train; evaluation is on unseen ones
         train_seconds = time.time() - t0
         model = siamsearch.load_model(out)
@@ -85,6 +87,8 @@ def main(argv=None) -> dict:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--steps-per-epoch", type=int, default=None, help="[default: 150]")
     p.add_argument("--loss", default="triplet")
+    p.add_argument("--mining", default="all", choices=("all", "hard"),
+                   help="triplet mining [all: AUC 0.8142, MAP@R 0.5214; hard: 0.8118, 0.5032 (3-seed means)]")
     p.add_argument("--input-size", type=int, default=32)
     p.add_argument("--embed-from", default="backbone", choices=("head", "backbone"),
                    help="backbone: embed with the pooled features, the head serving the loss only (see README)")
@@ -116,7 +120,8 @@ def main(argv=None) -> dict:
                "per_seed": runs, "worst_seed_ratio_to_raw": {
                    k: round(min(r[k] / r["baselines"]["raw_pixels"][k] for r in runs), 4) for k in KEYS},
                "settings": {"epochs": epochs, "steps_per_epoch": steps, "loss": args.loss, "seeds": seeds,
-                            "input_size": args.input_size, "embed_from": args.embed_from, "lr": args.lr},
+                            "input_size": args.input_size, "embed_from": args.embed_from, "lr": args.lr,
+                            "mining": args.mining},
                "beats_raw_pixels": beats}
     payload["summary"] = {**{k: round(trained[k], 4) for k in KEYS}, **{f"raw_{k}": round(raw[k], 4) for k in KEYS},
                           "seeds": len(seeds), "train_minutes": round(train_seconds / 60, 1), "beats_raw_pixels": beats}

@@ -4,8 +4,9 @@ Pair relations come from identities through :mod:`siamsearch.distance`; the
 only pair flag is the boolean ``is_same``.
 
 - :class:`ContrastiveLoss` — pairs: ``L = is_same·d² + (1−is_same)·max(0, margin−d)²``.
-- :class:`BatchHardTripletLoss` — batches with identities: hardest positive and
-  hardest negative per anchor.
+- :class:`TripletLoss` — batches with identities: the hardest positive and
+  negative per anchor (batch-hard, the default) or every active triplet
+  (batch-all).
 - :class:`ArcFaceLoss` — additive angular margin softmax over identity ids; its
   class-weight matrix is saved as ``head_state`` but not needed to embed.
 """
@@ -56,19 +57,40 @@ class ContrastiveLoss(nn.Module):
         return (same * d.pow(2) + (1.0 - same) * F.relu(self.margin - d).pow(2)).mean()
 
 
-class BatchHardTripletLoss(nn.Module):
-    """Triplet margin loss with batch-hard mining (Hermans et al. 2017).
+#: Triplet mining strategies of :class:`TripletLoss`.
+MINING = ("all", "hard")
 
-    ``forward(embeddings [B, d], identities [B] int) -> scalar``: for every
-    anchor that has a positive and a negative in the batch,
-    ``max(0, max_pos d(a, p) − min_neg d(a, n) + margin)``, averaged.
+
+class TripletLoss(nn.Module):
+    """Triplet margin loss over a batch with identities (Hermans et al. 2017).
+
+    Args:
+        margin: ``m``, a distance between unit vectors (0, 2].
+        mining: ``"hard"`` (batch-hard, the default): per anchor, the hardest
+            positive and the hardest negative,
+            ``max(0, max_p d(a, p) − min_n d(a, n) + m)``, averaged over anchors.
+            ``"all"`` (batch-all, BA≠0): the mean of
+            ``max(0, d(a, p) − d(a, n) + m)`` over every triplet of the batch
+            whose loss is above zero. With L2-normalised embeddings batch-hard
+            can collapse: all distances shrink together until the loss sits at
+            ``m``; with many identities it escapes after a few epochs (Omniglot:
+            95.75% one-shot vs 92.0% for batch-all), with few it may not
+            (Fashion-MNIST, 2 x 150 steps: genuine/impostor distances 0.05/0.10
+            and test ROC-AUC 0.907, against 0.38/1.10 and 0.950 for batch-all).
+
+    ``forward(embeddings [B, d], identities [B] int) -> scalar``; zero (with
+    the graph kept) when the batch has no active triplet.
     """
 
     pairwise = False
 
-    def __init__(self, margin: float = 0.2):
+    def __init__(self, margin: float = 0.2, mining: str = "hard"):
         super().__init__()
-        self.margin = margin
+        if not 0 < margin <= 2:
+            raise SiamsearchError(f"triplet margin must be in (0, 2] (a distance between unit vectors), got {margin}")
+        if mining not in MINING:
+            raise SiamsearchError(f"unknown triplet mining {mining!r}; choose one of {', '.join(MINING)}")
+        self.margin, self.mining = margin, mining
 
     def forward(self, embeddings: torch.Tensor, identities: torch.Tensor) -> torch.Tensor:
         _check_batch(embeddings, identities)
@@ -77,6 +99,12 @@ class BatchHardTripletLoss(nn.Module):
         eye = torch.eye(len(identities), dtype=torch.bool, device=d.device)
         pos_mask = same & ~eye
         neg_mask = ~same
+        if self.mining == "all":
+            # [a, p, n]: d(a, p) - d(a, n) + m over valid (anchor, positive, negative) triplets
+            valid = pos_mask.unsqueeze(2) & neg_mask.unsqueeze(1)
+            losses = F.relu(d.unsqueeze(2) - d.unsqueeze(1) + self.margin)[valid]
+            active = losses > 0
+            return losses[active].mean() if active.any() else embeddings.sum() * 0.0
         hardest_pos = torch.where(pos_mask, d, torch.zeros_like(d)).max(dim=1).values
         hardest_neg = torch.where(neg_mask, d, torch.full_like(d, float("inf"))).min(dim=1).values
         valid = pos_mask.any(1) & neg_mask.any(1)
@@ -123,13 +151,15 @@ class ArcFaceLoss(nn.Module):
         return F.cross_entropy(logits, identities.long())
 
 
-def make_loss(name: str, num_classes: int, embedding_dim: int, margin: float | None = None) -> nn.Module:
-    """Build a loss by name (one of :data:`LOSSES`); ``margin=None`` keeps each loss's default."""
+def make_loss(name: str, num_classes: int, embedding_dim: int, margin: float | None = None,
+              mining: str = "hard") -> nn.Module:
+    """Build a loss by name (one of :data:`LOSSES`); ``margin=None`` keeps each loss's default;
+    ``mining`` (one of :data:`MINING`) applies to the triplet loss."""
     kw = {} if margin is None else {"margin": margin}
     if name == "contrastive":
         return ContrastiveLoss(**kw)
     if name == "triplet":
-        return BatchHardTripletLoss(**kw)
+        return TripletLoss(mining=mining, **kw)
     if name == "arcface":
         return ArcFaceLoss(num_classes, embedding_dim, **kw)
     raise SiamsearchError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")

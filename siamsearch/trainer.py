@@ -33,7 +33,7 @@ from .data.splits import split_by_identity
 from .distance import pair_distances
 from .embedder import resolve_device
 from .errors import SiamsearchError
-from .losses import LOSSES, make_loss
+from .losses import LOSSES, MINING, make_loss
 from .metrics.identification import precision_at_1
 from .metrics.verification import roc_auc
 from .model import EmbeddingNet
@@ -150,6 +150,7 @@ def train(
     lr: float = 1e-3,
     weight_decay: float = 5e-4,
     margin: Optional[float] = None,
+    mining: str = "hard",
     augment: bool = True,
     seed: int = 0,
     device: str = "auto",
@@ -169,7 +170,7 @@ def train(
             :class:`ImageDataset`.
         out: checkpoint file to write (the best epoch by validation ROC-AUC).
         format, split: passed to :func:`siamsearch.data.open_dataset`.
-        loss: ``"contrastive"`` (balanced pairs), ``"triplet"`` (batch-hard,
+        loss: ``"contrastive"`` (balanced pairs), ``"triplet"`` (batch-all or batch-hard by ``mining``,
             M-per-class batches) or ``"arcface"`` (margin softmax on identity ids).
         backbone, input_size, in_channels, embedding_dim, embed_from, hflip: the
             :class:`ModelConfig` (``embed_from="backbone"``: embed with the
@@ -179,6 +180,8 @@ def train(
         epochs, batch_size, lr, weight_decay, margin: optimisation (AdamW, cosine
             schedule with one warm-up epoch); ``margin=None`` keeps the loss's default.
         m_per_class: images per identity in each batch (triplet, arcface).
+        mining: triplet mining, ``"hard"`` (batch-hard, default) or ``"all"``
+            (batch-all; see :class:`siamsearch.losses.TripletLoss`).
         steps_per_epoch: batches per epoch (default: one pass over the training images).
         augment: small random affine (and flips when ``hflip``) during training.
         seed: seeds the split, the samplers, augmentation and initialisation;
@@ -203,6 +206,8 @@ def train(
     last_path = Path(str(out) + ".last")
     if loss not in LOSSES:
         raise SiamsearchError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    if mining not in MINING:
+        raise SiamsearchError(f"unknown triplet mining {mining!r}; choose one of {', '.join(MINING)}")
     if epochs < 1 or batch_size < 2:
         raise SiamsearchError("epochs must be >= 1 and batch_size >= 2")
     if loss != "contrastive" and (m_per_class < 2 or batch_size < 2 * m_per_class):
@@ -233,6 +238,7 @@ def train(
     hyper = dict(
         loss=loss, backbone=backbone, epochs=epochs, batch_size=batch_size, m_per_class=m_per_class,
         steps_per_epoch=steps_per_epoch, lr=lr, weight_decay=weight_decay, margin=margin, augment=augment,
+        mining=mining if loss == "triplet" else None,
         seed=seed, val_fraction=val_fraction, val_pairs=val_pairs, weights=weights, max_minutes=max_minutes,
     )
     card = {
@@ -246,7 +252,7 @@ def train(
     }
 
     net = EmbeddingNet(config, weights=weights).to(dev)
-    criterion = make_loss(loss, train_ds.num_identities, config.embedding_dim, margin).to(dev)
+    criterion = make_loss(loss, train_ds.num_identities, config.embedding_dim, margin, mining).to(dev)
     params = list(net.parameters()) + list(criterion.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 

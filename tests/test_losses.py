@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from siamsearch.losses import ArcFaceLoss, BatchHardTripletLoss, ContrastiveLoss, make_loss
+from siamsearch.losses import ArcFaceLoss, ContrastiveLoss, TripletLoss, make_loss
 from siamsearch.errors import SiamsearchError
 
 
@@ -37,13 +37,46 @@ def test_batch_hard_triplet_by_hand():
     exp = []
     for i, (p, negs) in enumerate([(1, (2, 3)), (0, (2, 3)), (3, (0, 1)), (2, (0, 1))]):
         exp.append(max(0.0, d[i, p] - min(d[i, n] for n in negs) + margin))
-    loss = BatchHardTripletLoss(margin=margin)(e, ids)
+    loss = TripletLoss(margin=margin, mining="hard")(e, ids)
     assert loss.item() == pytest.approx(float(sum(exp) / 4), rel=1e-4)
 
 
-def test_batch_hard_no_triplet_is_zero():
-    e = unit((1, 0), (0, 1))
-    assert BatchHardTripletLoss()(e, torch.tensor([0, 1])).item() == 0.0
+@pytest.mark.parametrize("mining", ["all", "hard"])
+def test_triplet_without_triplets_is_zero_with_graph(mining):
+    e = unit((1, 0), (0, 1)).requires_grad_()
+    loss = TripletLoss(mining=mining)(e, torch.tensor([0, 1]))
+    assert loss.item() == 0.0
+    loss.backward()  # graph kept: an empty batch does not break the training step
+
+
+def test_batch_all_triplet_by_hand():
+    """Mean over the triplets with a loss above zero, enumerated with plain loops."""
+    torch.manual_seed(0)
+    e = F.normalize(torch.randn(7, 3), dim=1)
+    ids = torch.tensor([0, 0, 0, 1, 1, 2, 2])
+    margin = 0.4
+    d = torch.cdist(e, e)
+    active = []
+    for a in range(7):
+        for p in range(7):
+            for n in range(7):
+                if a != p and ids[a] == ids[p] and ids[a] != ids[n]:
+                    value = float(d[a, p] - d[a, n] + margin)
+                    if value > 0:
+                        active.append(value)
+    assert active  # the case exercises the average
+    loss = TripletLoss(margin=margin, mining="all")(e, ids)
+    assert loss.item() == pytest.approx(sum(active) / len(active), rel=1e-4)
+    # triplets already satisfied by more than the margin contribute nothing
+    far = unit((1, 0), (1, 0), (-1, 0), (-1, 0))
+    assert TripletLoss(margin=0.5, mining="all")(far, torch.tensor([0, 0, 1, 1])).item() == 0.0
+
+
+def test_triplet_options_are_validated():
+    with pytest.raises(SiamsearchError, match="mining"):
+        TripletLoss(mining="semi")
+    with pytest.raises(SiamsearchError, match="margin"):
+        TripletLoss(margin=0.0)
 
 
 def test_arcface_by_hand():
@@ -62,8 +95,9 @@ def test_unknown_loss_is_user_error():
         make_loss("hinge", 3, 4)
 
 
-@pytest.mark.parametrize("name", ["contrastive", "triplet", "arcface"])
-def test_learning_direction(name):
+@pytest.mark.parametrize("name,mining", [("contrastive", "all"), ("triplet", "all"), ("triplet", "hard"),
+                                         ("arcface", "all")])
+def test_learning_direction(name, mining):
     """A few optimiser steps on separable data shrink same-identity distances and grow different ones.
 
     This is the test that catches flipped pair labels."""
@@ -73,7 +107,7 @@ def test_learning_direction(name):
     ids = torch.arange(n_ids).repeat_interleave(per)
     x = centers[ids] + 1.0 * torch.randn(len(ids), 16)
     net = torch.nn.Linear(16, 8)
-    loss_fn = make_loss(name, n_ids, 8)
+    loss_fn = make_loss(name, n_ids, 8, mining=mining)
     opt = torch.optim.SGD(list(net.parameters()) + list(loss_fn.parameters()), lr=0.1)
     same = ids[:, None] == ids[None, :]
     off = ~torch.eye(len(ids), dtype=torch.bool)

@@ -28,6 +28,7 @@ def test_train_writes_loadable_checkpoint(data, tmp_path, loss):
     assert len(ck.card["history"]) == 2 and {"val_auc", "val_precision_at_1", "loss"} <= set(ck.card["history"][0])
     assert ck.card["best_epoch"] == result.best_epoch
     assert ck.card["hyperparameters"]["loss"] == loss
+    assert ck.card["hyperparameters"]["mining"] == ("hard" if loss == "triplet" else None)
     assert set(ck.card["train_identities"]).isdisjoint(ck.card["val_identities"])
     assert ck.card["data"]["digest"] and ck.card["versions"]["torch"] == torch.__version__
     assert not (tmp_path / f"{loss}.pt.last").exists()
@@ -116,6 +117,11 @@ def test_too_few_identities_is_a_clear_error(tmp_path):
     d = make_identity_folders(tmp_path / "one", n_ids=1, per_id=4)
     with pytest.raises(SiamsearchError, match="at least 2 identities"):
         siamsearch.train(d, tmp_path / "m.pt", epochs=1, **FAST)
+
+
+def test_unknown_mining_is_a_clear_error(data, tmp_path):
+    with pytest.raises(SiamsearchError, match="mining"):
+        siamsearch.train(data, tmp_path / "m.pt", loss="contrastive", mining="semi-hard", epochs=1, **FAST)
 
 
 def test_cli_train_and_bad_input(data, tmp_path):

@@ -6,7 +6,7 @@ import json
 import click
 
 from ..config import BACKBONES, EMBED_FROM
-from ..losses import LOSSES
+from ..losses import LOSSES, MINING
 
 from ..data import FORMATS
 
@@ -19,7 +19,7 @@ from ..data import FORMATS
 @click.option("--format", "format_", type=click.Choice(FORMATS), default="auto", help="Dataset layout.")
 @click.option("--split", default=None, help="Dataset split where the format has one (IDX: train|test|all; CelebA: train|valid|test|all).")
 @click.option("--loss", type=click.Choice(LOSSES), default="triplet",
-              help="contrastive: balanced pairs; triplet: batch-hard with M-per-class batches; arcface: margin softmax.")
+              help="contrastive: balanced pairs; triplet: M-per-class batches, see --mining; arcface: margin softmax.")
 @click.option("--backbone", type=click.Choice(BACKBONES), default="smallcnn", help="Network body; smallcnn is fast on CPU.")
 @click.option("--weights", default=None, help="Backbone init for torchvision backbones: a local state dict file, or 'imagenet' (downloads).")
 @click.option("--input-size", type=click.IntRange(8, 1024), default=None, help="Square input size in pixels [default: 32 for small images, else 64].")
@@ -37,6 +37,9 @@ from ..data import FORMATS
 @click.option("--steps-per-epoch", type=click.IntRange(1), default=None, help="Batches per epoch [default: one pass over the images].")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, help="AdamW learning rate (cosine schedule).")
 @click.option("--margin", type=float, default=None, help="Loss margin [default: contrastive 1.0, triplet 0.2, arcface 0.3 rad].")
+@click.option("--mining", type=click.Choice(MINING), default="hard",
+              help="Triplet mining: hard = hardest positive and negative per anchor; all = every active triplet "
+                   "of the batch (try it when training has few identities and distances come out tiny).")
 @click.option("--seed", type=int, default=0, help="Seeds splits, samplers, augmentation and init.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
 @click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=0.2, help="Share of identities held out for validation.")
@@ -48,7 +51,7 @@ from ..data import FORMATS
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def train(data, out, format_, split, loss, backbone, weights, input_size, channels, embedding_dim, embed_from, hflip,
           augment,
-          epochs, batch_size, m_per_class, steps_per_epoch, lr, margin, seed, device, val_fraction, workers, resume,
+          epochs, batch_size, m_per_class, steps_per_epoch, lr, margin, mining, seed, device, val_fraction, workers, resume,
           max_minutes, as_json):
     """Train an embedding model on a labelled dataset and write a checkpoint.
 
@@ -65,7 +68,7 @@ def train(data, out, format_, split, loss, backbone, weights, input_size, channe
         list(data) if len(data) > 1 else data[0], out, format=format_, split=split, loss=loss, backbone=backbone,
         weights=weights, input_size=input_size, in_channels=int(channels) if channels else None,
         embedding_dim=embedding_dim, embed_from=embed_from, hflip=hflip, augment=augment, epochs=epochs, batch_size=batch_size,
-        m_per_class=m_per_class, steps_per_epoch=steps_per_epoch, lr=lr, margin=margin, seed=seed, device=device,
+        m_per_class=m_per_class, steps_per_epoch=steps_per_epoch, lr=lr, margin=margin, mining=mining, seed=seed, device=device,
         val_fraction=val_fraction, workers=workers, resume=resume, max_minutes=max_minutes, progress=not as_json,
     )
     if as_json:
