@@ -50,7 +50,11 @@ class TrainResult:
         path: the checkpoint holding the best epoch.
         fingerprint: that checkpoint's model fingerprint.
         best_epoch: 1-based epoch kept in ``path``.
-        history: one dict per epoch: ``epoch, loss, val_auc, val_precision_at_1, seconds, lr``.
+        history: one dict per epoch: ``epoch, loss, val_auc, val_precision_at_1,
+            val_genuine_distance, val_impostor_distance, seconds, lr`` (the two
+            distances are means over the validation pairs; an impostor mean far
+            below 1 with a triplet loss sitting at its margin is the collapse
+            that ``mining="all"`` avoids).
         seconds: wall time of the whole run.
     """
 
@@ -125,8 +129,12 @@ def _validate(net: EmbeddingNet, ds: ImageDataset, device: torch.device, seed: i
         raise SiamsearchError("no validation image could be read; run `siamsearch data check` on the dataset")
     emb, ids = np.concatenate(embs), np.concatenate(ids)
     a, b, is_same = sample_pairs(ids, n_pairs, seed=seed)
-    auc = roc_auc(pair_distances(emb[a], emb[b]), is_same)
-    return {"val_auc": float(auc), "val_precision_at_1": float(precision_at_1(emb, ids))}
+    dist = pair_distances(emb[a], emb[b])
+    record = {"val_auc": float(roc_auc(dist, is_same)), "val_precision_at_1": float(precision_at_1(emb, ids))}
+    if is_same.any() and (~is_same).any():
+        record["val_genuine_distance"] = float(dist[is_same].mean())
+        record["val_impostor_distance"] = float(dist[~is_same].mean())
+    return record
 
 
 def train(
@@ -372,6 +380,8 @@ def train(
             msg = f"epoch {epoch + 1}/{epochs} loss {record['loss']:.4f}"
             if "val_auc" in record:
                 msg += f" val AUC {record['val_auc']:.4f} P@1 {record['val_precision_at_1']:.4f}"
+            if "val_impostor_distance" in record:
+                msg += f" d(same/diff) {record['val_genuine_distance']:.2f}/{record['val_impostor_distance']:.2f}"
             bar.write(msg)
         if budget_s and elapsed() + clock["reserve"] >= budget_s:
             if bar is not None:

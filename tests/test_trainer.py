@@ -29,6 +29,8 @@ def test_train_writes_loadable_checkpoint(data, tmp_path, loss):
     assert ck.card["best_epoch"] == result.best_epoch
     assert ck.card["hyperparameters"]["loss"] == loss
     assert ck.card["hyperparameters"]["mining"] == ("hard" if loss == "triplet" else None)
+    h = ck.card["history"][-1]
+    assert 0 <= h["val_genuine_distance"] <= 2 and 0 <= h["val_impostor_distance"] <= 2
     assert set(ck.card["train_identities"]).isdisjoint(ck.card["val_identities"])
     assert ck.card["data"]["digest"] and ck.card["versions"]["torch"] == torch.__version__
     assert not (tmp_path / f"{loss}.pt.last").exists()
