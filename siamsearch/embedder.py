@@ -133,9 +133,9 @@ class Embedder:
             net.load_state_dict(checkpoint.state_dict)
         except RuntimeError as e:
             raise SiamsearchError(f"checkpoint weights do not fit its own config ({str(e).splitlines()[0]}); re-train") from None
+        self.dim: int = int(net.output_dim)
         # Inference only: BatchNorm folded into the convolutions, channels_last memory format (faster with
         # oneDNN on CPU and tensor cores on CUDA); outputs equal the plain network's to ~1e-6.
-        self.dim: int = int(net.output_dim)
         self.net = _fold_batchnorm(net.eval()).to(self.device).to(memory_format=torch.channels_last)
         self.transform = build_transform(self.config, train=False)
 

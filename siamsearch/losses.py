@@ -31,6 +31,12 @@ def _check_batch(embeddings: torch.Tensor, identities: torch.Tensor) -> None:
         raise ValueError(f"identities must be [batch_size]={embeddings.shape[0]}, got {tuple(identities.shape)}")
 
 
+def _check_distance_margin(loss: str, margin: float) -> None:
+    """Margins of the distance-based losses are distances between unit vectors."""
+    if not 0 < margin <= 2:
+        raise SiamsearchError(f"{loss} margin must be in (0, 2] (a distance between unit vectors), got {margin}")
+
+
 class ContrastiveLoss(nn.Module):
     """Contrastive loss on pairs (Hadsell et al. 2006), averaged over pairs.
 
@@ -43,8 +49,7 @@ class ContrastiveLoss(nn.Module):
 
     def __init__(self, margin: float = 1.0):
         super().__init__()
-        if not 0 < margin <= 2:
-            raise SiamsearchError(f"contrastive margin must be in (0, 2] (a distance between unit vectors), got {margin}")
+        _check_distance_margin("contrastive", margin)
         self.margin = margin
 
     def forward(self, emb_a: torch.Tensor, emb_b: torch.Tensor, is_same: torch.Tensor) -> torch.Tensor:
@@ -59,6 +64,12 @@ class ContrastiveLoss(nn.Module):
 
 #: Triplet mining strategies of :class:`TripletLoss`.
 MINING = ("all", "hard")
+
+
+def check_mining(mining: str) -> None:
+    """Raise :class:`SiamsearchError` unless ``mining`` is one of :data:`MINING`."""
+    if mining not in MINING:
+        raise SiamsearchError(f"unknown triplet mining {mining!r}; choose one of {', '.join(MINING)}")
 
 
 class TripletLoss(nn.Module):
@@ -86,10 +97,8 @@ class TripletLoss(nn.Module):
 
     def __init__(self, margin: float = 0.2, mining: str = "hard"):
         super().__init__()
-        if not 0 < margin <= 2:
-            raise SiamsearchError(f"triplet margin must be in (0, 2] (a distance between unit vectors), got {margin}")
-        if mining not in MINING:
-            raise SiamsearchError(f"unknown triplet mining {mining!r}; choose one of {', '.join(MINING)}")
+        _check_distance_margin("triplet", margin)
+        check_mining(mining)
         self.margin, self.mining = margin, mining
 
     def forward(self, embeddings: torch.Tensor, identities: torch.Tensor) -> torch.Tensor:

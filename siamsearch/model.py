@@ -2,8 +2,9 @@
 
 backbone (features) -> projection head (Linear to ``embedding_dim``) -> L2
 normalisation; with ``config.embed_from == "backbone"`` the embedding is the
-L2-normalised features and the head serves the training loss only. Every layer, including the head's input size, is created in
-``__init__`` from the :class:`ModelConfig`; ``forward`` creates nothing.
+L2-normalised features and the head serves the training loss only. Every
+layer, including the head's input size, is created in ``__init__`` from the
+:class:`ModelConfig`; ``forward`` creates nothing.
 """
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ from .data.splits import split_by_identity
 from .distance import pair_distances
 from .embedder import resolve_device
 from .errors import SiamsearchError
-from .losses import LOSSES, MINING, make_loss
+from .losses import LOSSES, check_mining, make_loss
 from .metrics.identification import precision_at_1
 from .metrics.verification import roc_auc
 from .model import EmbeddingNet
@@ -214,8 +214,7 @@ def train(
     last_path = Path(str(out) + ".last")
     if loss not in LOSSES:
         raise SiamsearchError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
-    if mining not in MINING:
-        raise SiamsearchError(f"unknown triplet mining {mining!r}; choose one of {', '.join(MINING)}")
+    check_mining(mining)  # here too: the other losses ignore it, a typo still gets an error
     if epochs < 1 or batch_size < 2:
         raise SiamsearchError("epochs must be >= 1 and batch_size >= 2")
     if loss != "contrastive" and (m_per_class < 2 or batch_size < 2 * m_per_class):

@@ -50,9 +50,8 @@ from ..data import FORMATS
                    "(--epochs becomes an upper bound).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def train(data, out, format_, split, loss, backbone, weights, input_size, channels, embedding_dim, embed_from, hflip,
-          augment,
-          epochs, batch_size, m_per_class, steps_per_epoch, lr, margin, mining, seed, device, val_fraction, workers, resume,
-          max_minutes, as_json):
+          augment, epochs, batch_size, m_per_class, steps_per_epoch, lr, margin, mining, seed, device, val_fraction,
+          workers, resume, max_minutes, as_json):
     """Train an embedding model on a labelled dataset and write a checkpoint.
 
     Identities are split into class-disjoint train/validation parts; every
