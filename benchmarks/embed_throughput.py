@@ -20,7 +20,7 @@ Targets (issue 3): end-to-end >= 80 % of model-only; >= 10x the naive loop; peak
 100k within 300 MB of the peak at 10k; update of 1 % <= 5 % of a full build.
 
 The image cache is written once under ``benchmarks/data/`` (git-ignored). The model is an
-untrained checkpoint of the default :class:`~siamsearch.config.ModelConfig` (smallcnn,
+untrained checkpoint of the default :class:`~siamsearch.core.config.ModelConfig` (smallcnn,
 64 x 64 grey, d = 128): speed does not depend on the weights.
 
 Writes ``benchmarks/results/embed_throughput.json`` (top-level ``end_to_end_ips``,
@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -122,7 +121,7 @@ def model_only_ips(embedder, batch_size: int, seconds: float) -> float:
 
 def naive_ips(embedder, paths: list) -> float:
     """Images/s of the textbook loop: open, preprocess, forward one image at a time."""
-    from siamsearch.images import read_image
+    from siamsearch.core.images import read_image
 
     embedder.embed_tensor(embedder.transform(read_image(paths[0]))[None])
     t = time.perf_counter()
@@ -146,7 +145,7 @@ def timed_build(folder: Path, embedder, out: Path, batch_size: int, workers, **k
 RSS_CHILD = """
 import json, resource, sys, threading, time
 from siamsearch import Gallery
-from siamsearch.embedder import load_model
+from siamsearch.core.embedder import load_model
 
 def rss():
     for line in open("/proc/self/status"):
@@ -228,12 +227,12 @@ def main() -> None:
 
     import torch
 
-    from siamsearch.checkpoint import save_checkpoint
-    from siamsearch.config import ModelConfig
-    from siamsearch.embedder import load_model
+    from siamsearch.core.checkpoint import save_checkpoint
+    from siamsearch.core.config import ModelConfig
+    from siamsearch.core.embedder import load_model
     from siamsearch.gallery.gallery import default_workers, update_gallery
-    from siamsearch.images import list_images
-    from siamsearch.model import EmbeddingNet
+    from siamsearch.core.images import list_images
+    from siamsearch.core.model import EmbeddingNet
 
     n_png, n_jpeg = (2000, 200) if args.quick else (20000, 2000)
     rss_small, rss_large = (1000, 10000) if args.quick else (10000, 100000)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -46,7 +45,7 @@ def peak_rss_mb() -> float:
 
 def naive_metrics(x: np.ndarray, y: np.ndarray, ks=(1, 5, 10)) -> dict:
     """The textbook way: the full ``N x N`` distance matrix, argsort every row."""
-    from siamsearch.distance import distance_matrix
+    from siamsearch.core.distance import distance_matrix
 
     d = distance_matrix(x)  # [N, N] float32
     np.fill_diagonal(d, np.inf)
@@ -70,7 +69,7 @@ def naive_metrics(x: np.ndarray, y: np.ndarray, ks=(1, 5, 10)) -> dict:
 
 def worker(method: str, n: int, dim: int, classes: int) -> dict:
     """Run one measurement in this process and return its figures, time and peak RSS."""
-    from siamsearch.metrics.identification import leave_one_out  # imports (torch, faiss) before the baseline
+    from siamsearch.metrics.identification import leave_one_out
 
     x, y = synthetic(n, dim, classes)
     base = peak_rss_mb()

@@ -30,12 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import SHARED, write_results  # noqa: E402
 
 import siamsearch  # noqa: E402
-from siamsearch.checkpoint import save_checkpoint  # noqa: E402
-from siamsearch.config import ModelConfig  # noqa: E402
-from siamsearch.data import ImageDataset, open_dataset  # noqa: E402
-from siamsearch.losses import MINING  # noqa: E402
-from siamsearch.metrics.oneshot import load_oneshot_runs, oneshot_accuracy  # noqa: E402
-from siamsearch.model import EmbeddingNet  # noqa: E402
+from siamsearch.core.checkpoint import save_checkpoint
+from siamsearch.data import ImageDataset, open_dataset
+from siamsearch.training.losses import MINING
+from siamsearch.metrics.oneshot import load_oneshot_runs, oneshot_accuracy
+from siamsearch.core.model import EmbeddingNet
 
 
 def with_rotations(ds: ImageDataset, rotations: int) -> ImageDataset:

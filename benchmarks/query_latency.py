@@ -1,7 +1,7 @@
 """Query latency: 1,000 queries against a 100,000-image gallery vs embedding those 1,000 images alone.
 
 Target (issue 4): with the model and the gallery loaded once, answering a batch of
-1,000 query images (``siamsearch.identification.identify``: streamed embedding,
+1,000 query images (``siamsearch.query.identification.identify``: streamed embedding,
 ``Gallery.search`` per batch, top-5 neighbours with paths and labels, predictions)
 takes at most 3x the time of embedding the same 1,000 images alone
 (``Embedder.embed_files``, same batch size and workers).
@@ -73,9 +73,9 @@ def default_model(path: Path) -> Path:
     """An untrained smallcnn checkpoint with the trainer's config for 28x28 grey images."""
     import torch
 
-    from siamsearch.checkpoint import save_checkpoint
-    from siamsearch.config import ModelConfig
-    from siamsearch.model import EmbeddingNet
+    from siamsearch.core.checkpoint import save_checkpoint
+    from siamsearch.core.config import ModelConfig
+    from siamsearch.core.model import EmbeddingNet
 
     if not path.exists():
         torch.manual_seed(0)
@@ -102,9 +102,9 @@ def main() -> None:
 
     import torch
 
-    from siamsearch.embedder import load_model
+    from siamsearch.core.embedder import load_model
     from siamsearch.gallery import Gallery
-    from siamsearch.identification import identify
+    from siamsearch.query.identification import identify
 
     WORK.mkdir(parents=True, exist_ok=True)
     model_path = Path(args.model) if args.model else default_model(WORK / "smallcnn32_d128.pt")

@@ -32,14 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import SHARED, write_results  # noqa: E402
 
 import siamsearch  # noqa: E402
-from siamsearch.checkpoint import save_checkpoint  # noqa: E402
-from siamsearch.config import EMBED_FROM  # noqa: E402
-from siamsearch.data import open_dataset, sample_pairs  # noqa: E402
-from siamsearch.losses import MINING  # noqa: E402
-from siamsearch.distance import pair_distances  # noqa: E402
-from siamsearch.metrics.identification import map_at_r, precision_at_1  # noqa: E402
-from siamsearch.metrics.verification import roc_auc  # noqa: E402
-from siamsearch.model import EmbeddingNet  # noqa: E402
+from siamsearch.core.checkpoint import save_checkpoint
+from siamsearch.core.config import EMBED_FROM
+from siamsearch.data import open_dataset, sample_pairs
+from siamsearch.training.losses import MINING
+from siamsearch.core.distance import pair_distances
+from siamsearch.metrics.identification import map_at_r, precision_at_1
+from siamsearch.metrics.verification import roc_auc
+from siamsearch.core.model import EmbeddingNet
 
 TRAIN_CLASSES = (0, 1, 2, 3, 4)
 TEST_CLASSES = (5, 6, 7, 8, 9)

@@ -7,21 +7,26 @@ Python API::
     model = siamsearch.load_model("model.pt")
     emb = model.embed(["a.jpg", "b.jpg"])          # [2, d] float32, L2-normalised
     d = model.distance("a.jpg", "b.jpg")           # Euclidean, in [0, 2]
+    r = siamsearch.verify(model, "a.jpg", "b.jpg")  # same / different by the calibrated threshold
 
 Names are imported lazily, so ``import siamsearch`` stays fast for the CLI.
 """
 from importlib import import_module
 
 from ._version import __version__
-from .errors import SiamsearchError
+from .core.errors import SiamsearchError
 
 _LAZY = {
-    "ModelConfig": "config",
-    "Embedder": "embedder",
-    "load_model": "embedder",
-    "TrainResult": "trainer",
-    "train": "trainer",
+    "ModelConfig": "core.config",
+    "Embedder": "core.embedder",
+    "load_model": "core.embedder",
+    "TrainResult": "training.trainer",
+    "train": "training.trainer",
     "Gallery": "gallery",
+    "verify": "query.verification",
+    "identify": "query.identification",
+    "calibrate": "evaluation.calibrate",
+    "evaluate": "evaluation.evaluate",
 }
 
 __all__ = ["__version__", "SiamsearchError", *_LAZY]

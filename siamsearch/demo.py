@@ -35,7 +35,7 @@ from typing import Optional, Union
 import numpy as np
 from PIL import Image
 
-from .errors import SiamsearchError
+from .core.errors import SiamsearchError
 
 PathLike = Union[str, os.PathLike]
 
@@ -127,14 +127,14 @@ def run_demo(out: PathLike = "runs/demo", index: PathLike = "index/demo", fresh:
     Returns:
         The summary dict that is also written to ``out/summary.json``.
     """
-    from . import trainer
-    from .calibration import calibrate
-    from .checkpoint import load_checkpoint
-    from .evaluate import evaluate
+    from .training import trainer
+    from .evaluation.calibrate import calibrate
+    from .core.checkpoint import load_checkpoint
+    from .evaluation.evaluate import evaluate
     from .gallery import Gallery
-    from .identification import identify
-    from .verification import verify_pairs
-    from .embedder import load_model
+    from .query.identification import identify
+    from .query.verification import verify_pairs
+    from .core.embedder import load_model
 
     out, index = Path(out), Path(index)
     if fresh:
@@ -204,7 +204,7 @@ def run_demo(out: PathLike = "runs/demo", index: PathLike = "index/demo", fresh:
     metrics = _step("evaluate", log, evaluate, model_path, data / "heldout",
                     format="folders", out=out / "eval", pairs=2000 if quick else 20000, seed=seed,
                     n_boot=50 if quick else 1000)
-    from .report import at_k
+    from .evaluation.report import at_k
 
     v, loo = metrics["verification"], metrics["identification"]["leave_one_out"]
     tar = {r["far"]: r["tar"] for r in v["tar_at_far"]}

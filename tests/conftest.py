@@ -54,9 +54,9 @@ def identity_folders(tmp_path) -> Path:
 @pytest.fixture
 def tiny_model(tmp_path) -> Path:
     """An untrained smallcnn checkpoint (input 16 px, d=8): fastest valid model for tests."""
-    from siamsearch.checkpoint import save_checkpoint
-    from siamsearch.config import ModelConfig
-    from siamsearch.model import EmbeddingNet
+    from siamsearch.core.checkpoint import save_checkpoint
+    from siamsearch.core.config import ModelConfig
+    from siamsearch.core.model import EmbeddingNet
 
     torch.manual_seed(0)
     cfg = ModelConfig(input_size=16, embedding_dim=8)

@@ -11,9 +11,9 @@ from conftest import make_identity_folders
 
 def untrained_model(path: Path, train_identities: Optional[Sequence[str]] = None, seed: int = 0) -> Path:
     """An untrained smallcnn checkpoint (16 px, d=8) whose card lists ``train_identities``."""
-    from siamsearch.checkpoint import save_checkpoint
-    from siamsearch.config import ModelConfig
-    from siamsearch.model import EmbeddingNet
+    from siamsearch.core.checkpoint import save_checkpoint
+    from siamsearch.core.config import ModelConfig
+    from siamsearch.core.model import EmbeddingNet
 
     torch.manual_seed(seed)
     cfg = ModelConfig(input_size=16, embedding_dim=8)

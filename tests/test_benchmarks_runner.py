@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import benchmarks.__main__ as runner  # noqa: E402
 from benchmarks import metrics_scale  # noqa: E402
 
-from siamsearch.metrics.identification import leave_one_out  # noqa: E402
+from siamsearch.metrics.identification import leave_one_out
 
 
 def test_discover_lists_scripts_not_private_modules():

@@ -9,18 +9,19 @@ from scipy.stats import binomtest
 from sklearn.metrics import roc_curve as sk_roc_curve
 
 from querylayer import named_identity_folders, untrained_model
-from siamsearch.calibration import (CalibrationWarning, binomial_ci, calibrate, calibration_pairs, check_record,
-                                    choose_threshold, held_out_view)
-from siamsearch.checkpoint import load_checkpoint, save_checkpoint
+from siamsearch.query.record import CalibrationWarning, binomial_ci, check_record
+from siamsearch.evaluation.calibrate import calibrate, calibration_pairs, choose_threshold, held_out_view
+from siamsearch.query.verification import verify
+from siamsearch.core.checkpoint import load_checkpoint, save_checkpoint
 from siamsearch.cli import main
 from siamsearch.data import open_dataset
-from siamsearch.embedder import load_model
-from siamsearch.errors import FingerprintMismatch, SiamsearchError
+from siamsearch.core.embedder import load_model
+from siamsearch.core.errors import FingerprintMismatch, SiamsearchError
 
 TRAIN = ["ann", "bob", "cat"]
 HELD = ["dan", "eve", "fay", "gus", "hal"]
 # tiny data: the "few identities" / "too few impostor pairs" warnings are expected (tested where they matter)
-pytestmark = pytest.mark.filterwarnings("ignore::siamsearch.calibration.CalibrationWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::siamsearch.query.record.CalibrationWarning")
 
 
 @pytest.fixture
@@ -152,7 +153,7 @@ def test_fingerprint_mismatch_is_refused(model, data, tmp_path):
     ck = load_checkpoint(other)
     save_checkpoint(other, ck.config, ck.state_dict, ck.card, calibration=rec)  # smuggled past write_calibration
     with pytest.raises(FingerprintMismatch):
-        load_model(other).verify(data / "dan" / "img_0.png", data / "dan" / "img_1.png")
+        verify(load_model(other), data / "dan" / "img_0.png", data / "dan" / "img_1.png")
 
 
 def test_cli_table_and_json(model, data, tmp_path):

@@ -1,14 +1,13 @@
-import pickle
 
 import numpy as np
 import pytest
 import torch
 
-from siamsearch.checkpoint import load_checkpoint, save_checkpoint, write_calibration
-from siamsearch.config import ModelConfig
-from siamsearch.embedder import load_model
-from siamsearch.errors import CheckpointError, FingerprintMismatch, SiamsearchError
-from siamsearch.model import EmbeddingNet
+from siamsearch.core.checkpoint import load_checkpoint, write_calibration
+from siamsearch.core.config import ModelConfig
+from siamsearch.core.embedder import load_model
+from siamsearch.core.errors import CheckpointError, FingerprintMismatch, SiamsearchError
+from siamsearch.core.model import EmbeddingNet
 
 
 def test_round_trip_identical_embeddings(tiny_model):

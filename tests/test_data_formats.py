@@ -12,9 +12,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from datagen import make_celeba, make_folders, make_idx, make_zip, omniglot_members, write_idx
-from siamsearch.data import (FASHION_MNIST_CLASSES, ImageDataset, UnreadableImageWarning, collate_skip_none,
-                             detect_format, open_dataset)
-from siamsearch.errors import SiamsearchError, UnreadableImage
+from siamsearch.data import FASHION_MNIST_CLASSES, ImageDataset, UnreadableImageWarning, collate_skip_none, detect_format, open_dataset
+from siamsearch.core.errors import SiamsearchError, UnreadableImage
 
 
 # ----------------------------------------------------------------- identity folders

@@ -8,9 +8,8 @@ import pytest
 from torch.utils.data import DataLoader
 
 from datagen import make_folders
-from siamsearch.data import (MPerClassBatchSampler, PairDataset, collate_skip_none, open_dataset,
-                             sample_pairs, split_by_identity)
-from siamsearch.errors import SiamsearchError
+from siamsearch.data import MPerClassBatchSampler, PairDataset, collate_skip_none, open_dataset, sample_pairs, split_by_identity
+from siamsearch.core.errors import SiamsearchError
 
 
 def _labels(seed=0, k=30, n=400):

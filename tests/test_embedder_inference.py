@@ -2,10 +2,10 @@
 import numpy as np
 import torch
 
-from siamsearch.checkpoint import load_checkpoint, save_checkpoint
-from siamsearch.config import ModelConfig
-from siamsearch.embedder import load_model
-from siamsearch.model import EmbeddingNet
+from siamsearch.core.checkpoint import load_checkpoint, save_checkpoint
+from siamsearch.core.config import ModelConfig
+from siamsearch.core.embedder import load_model
+from siamsearch.core.model import EmbeddingNet
 
 
 def test_embedder_matches_the_plain_network(tmp_path):

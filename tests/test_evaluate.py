@@ -9,13 +9,13 @@ from sklearn.metrics import roc_auc_score
 from conftest import make_identity_folders
 from test_metrics_oneshot import make_oneshot_runs
 
-from siamsearch.checkpoint import write_calibration
+from siamsearch.core.checkpoint import write_calibration
 from siamsearch.cli import main
 from siamsearch.data import open_dataset, sample_pairs
-from siamsearch.distance import pair_distances
-from siamsearch.embedder import load_model
-from siamsearch.errors import SiamsearchError
-from siamsearch.evaluate import evaluate, is_oneshot_runs, summary_rows
+from siamsearch.core.distance import pair_distances
+from siamsearch.core.embedder import load_model
+from siamsearch.core.errors import SiamsearchError
+from siamsearch.evaluation.evaluate import evaluate, is_oneshot_runs, summary_rows
 
 
 @pytest.fixture
@@ -108,9 +108,9 @@ def test_cli_table_and_json(tiny_model, folders, tmp_path):
 def test_warns_about_training_identities(folders, tmp_path):
     import torch
 
-    from siamsearch.checkpoint import save_checkpoint
-    from siamsearch.config import ModelConfig
-    from siamsearch.model import EmbeddingNet
+    from siamsearch.core.checkpoint import save_checkpoint
+    from siamsearch.core.config import ModelConfig
+    from siamsearch.core.model import EmbeddingNet
 
     torch.manual_seed(0)
     cfg = ModelConfig(input_size=16, embedding_dim=8)
@@ -123,7 +123,7 @@ def test_warns_about_training_identities(folders, tmp_path):
 
 def test_report_shows_index_comparison(tmp_path):
     from siamsearch.metrics.identification import leave_one_out
-    from siamsearch.report import write_report
+    from siamsearch.evaluation.report import write_report
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 8)).astype(np.float32)
@@ -158,11 +158,11 @@ def test_index_comparison_on_a_real_gallery(tiny_model, folders, tmp_path, facto
 def test_index_of_another_model_is_refused(tiny_model, folders, tmp_path):
     import torch
 
-    from siamsearch.checkpoint import save_checkpoint
-    from siamsearch.config import ModelConfig
-    from siamsearch.errors import FingerprintMismatch
+    from siamsearch.core.checkpoint import save_checkpoint
+    from siamsearch.core.config import ModelConfig
+    from siamsearch.core.errors import FingerprintMismatch
     from siamsearch.gallery import Gallery
-    from siamsearch.model import EmbeddingNet
+    from siamsearch.core.model import EmbeddingNet
 
     Gallery.build(folders, tiny_model, out=tmp_path / "g", factory="Flat", workers=0, progress=False).close()
     torch.manual_seed(1)

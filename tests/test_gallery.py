@@ -8,7 +8,6 @@ import signal
 import struct
 import subprocess
 import sys
-import textwrap
 import time
 import zlib
 from pathlib import Path
@@ -24,7 +23,7 @@ from PIL import Image
 from conftest import make_identity_folders
 from siamsearch import Gallery
 from siamsearch.cli import main
-from siamsearch.errors import FingerprintMismatch, GalleryError, SiamsearchError
+from siamsearch.core.errors import FingerprintMismatch, GalleryError, SiamsearchError
 from siamsearch.gallery import SearchResult
 from siamsearch.gallery import store as gstore
 
@@ -33,9 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def other_model(path: Path, seed: int = 1) -> Path:
     """An untrained checkpoint like conftest's tiny_model but with other weights (another fingerprint)."""
-    from siamsearch.checkpoint import save_checkpoint
-    from siamsearch.config import ModelConfig
-    from siamsearch.model import EmbeddingNet
+    from siamsearch.core.checkpoint import save_checkpoint
+    from siamsearch.core.config import ModelConfig
+    from siamsearch.core.model import EmbeddingNet
 
     torch.manual_seed(seed)
     cfg = ModelConfig(input_size=16, embedding_dim=8)
@@ -168,7 +167,7 @@ CHILD = """
 import sys, time
 import siamsearch.gallery.store as store
 store.CHUNK_ROWS = 8                       # small journal segments, so a kill lands between them
-from siamsearch.embedder import load_model
+from siamsearch.core.embedder import load_model
 from siamsearch import Gallery
 
 model = load_model(sys.argv[2], device="cpu")
@@ -261,7 +260,7 @@ def test_fingerprint_mismatch_names_both(tmp_path, tiny_model, identity_folders)
     mine = g.fingerprint
     g.close()
     other = other_model(tmp_path / "other.pt")
-    from siamsearch.embedder import load_model
+    from siamsearch.core.embedder import load_model
 
     theirs = load_model(other).fingerprint
     assert theirs != mine

@@ -3,9 +3,8 @@ import faiss
 import numpy as np
 import pytest
 
-from siamsearch.errors import SiamsearchError
-from siamsearch.gallery.ann import (EXACT_BUDGET, AnnIndex, ArraySource, build_index, choose_factory,
-                                    exact_knn, recall_at_k, resolve_factory)
+from siamsearch.core.errors import SiamsearchError
+from siamsearch.gallery.ann import EXACT_BUDGET, AnnIndex, ArraySource, build_index, choose_factory, exact_knn, recall_at_k, resolve_factory
 
 
 def clustered(n, d=32, clusters=40, seed=0):

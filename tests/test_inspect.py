@@ -11,9 +11,9 @@ from PIL import Image
 
 from datagen import make_folders, make_idx, make_zip, omniglot_members
 from siamsearch.cli import main
-from siamsearch.errors import UnreadableImage
-from siamsearch.images import read_image
-from siamsearch.inspect import check_dataset, format_report, preview_pairs
+from siamsearch.core.errors import UnreadableImage
+from siamsearch.core.images import read_image
+from siamsearch.data.inspect import check_dataset, format_report, preview_pairs
 
 
 @pytest.fixture

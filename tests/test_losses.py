@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from siamsearch.losses import ArcFaceLoss, ContrastiveLoss, TripletLoss, make_loss
-from siamsearch.errors import SiamsearchError
+from siamsearch.training.losses import ArcFaceLoss, ContrastiveLoss, TripletLoss, make_loss
+from siamsearch.core.errors import SiamsearchError
 
 
 def unit(*xy):

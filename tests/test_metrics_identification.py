@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from siamsearch.errors import SiamsearchError
+from siamsearch.core.errors import SiamsearchError
 from siamsearch.metrics import identification as ident
 
 

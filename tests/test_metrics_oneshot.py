@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from siamsearch.errors import SiamsearchError
+from siamsearch.core.errors import SiamsearchError
 from siamsearch.metrics import oneshot
 
 WAYS = 3

@@ -4,7 +4,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
-from siamsearch.errors import SiamsearchError
+from siamsearch.core.errors import SiamsearchError
 from siamsearch.metrics import verification as v
 
 

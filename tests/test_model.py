@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from siamsearch.config import ModelConfig
-from siamsearch.errors import SiamsearchError
-from siamsearch.model import EmbeddingNet
+from siamsearch.core.config import ModelConfig
+from siamsearch.core.errors import SiamsearchError
+from siamsearch.core.model import EmbeddingNet
 
 
 @pytest.mark.parametrize("backbone,channels,size", [

@@ -3,9 +3,9 @@ import pytest
 import torch
 from PIL import Image
 
-from siamsearch.config import ModelConfig
-from siamsearch.images import UnreadableImage, read_image
-from siamsearch.preprocess import build_transform, to_mode
+from siamsearch.core.config import ModelConfig
+from siamsearch.core.images import UnreadableImage, read_image
+from siamsearch.core.preprocess import build_transform, to_mode
 
 
 @pytest.mark.parametrize("mode", ["1", "L", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F", "LA"])

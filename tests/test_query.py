@@ -9,13 +9,13 @@ import pytest
 from click.testing import CliRunner
 
 from querylayer import named_identity_folders, untrained_model
-from siamsearch.checkpoint import load_checkpoint, write_calibration
+from siamsearch.core.checkpoint import load_checkpoint, write_calibration
 from siamsearch.cli import main
-from siamsearch.embedder import load_model
-from siamsearch.errors import FingerprintMismatch, SiamsearchError
+from siamsearch.core.embedder import load_model
+from siamsearch.core.errors import FingerprintMismatch, SiamsearchError
 from siamsearch.gallery import Gallery
-from siamsearch.identification import UNKNOWN, identify
-from siamsearch.images import list_images
+from siamsearch.query.identification import UNKNOWN, identify
+from siamsearch.core.images import list_images
 
 KNOWN = ["ann", "bob", "cat"]
 

@@ -1,5 +1,4 @@
 """The README's Python API example runs as written (on generated images), so it cannot drift."""
-import os
 import re
 from pathlib import Path
 

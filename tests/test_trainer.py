@@ -4,9 +4,9 @@ import torch
 from click.testing import CliRunner
 
 import siamsearch
-from siamsearch.checkpoint import load_checkpoint
+from siamsearch.core.checkpoint import load_checkpoint
 from siamsearch.cli import main
-from siamsearch.errors import SiamsearchError
+from siamsearch.core.errors import SiamsearchError
 
 from conftest import make_identity_folders
 
@@ -74,7 +74,7 @@ def test_same_seed_same_model(data, tmp_path):
 def test_resume_continues_interrupted_run(data, tmp_path, monkeypatch):
     full = siamsearch.train(data, tmp_path / "full.pt", epochs=3, seed=2, **FAST)
 
-    import siamsearch.trainer as trainer
+    import siamsearch.training.trainer as trainer
 
     calls = {"n": 0}
     real_validate = trainer._validate
@@ -98,7 +98,7 @@ def test_resume_continues_interrupted_run(data, tmp_path, monkeypatch):
 
 
 def test_resume_with_other_options_is_refused(data, tmp_path, monkeypatch):
-    import siamsearch.trainer as trainer
+    import siamsearch.training.trainer as trainer
 
     real_validate, calls = trainer._validate, []
 
@@ -147,7 +147,7 @@ def test_time_budget_stops_training(data, tmp_path):
 
 
 def test_lr_factor_warms_up_then_decays():
-    from siamsearch.trainer import lr_factor
+    from siamsearch.training.trainer import lr_factor
 
     assert lr_factor(0.05, 0.1) == pytest.approx(0.5)
     assert lr_factor(0.1, 0.1) == pytest.approx(1.0)

@@ -10,15 +10,15 @@ from click.testing import CliRunner
 from sklearn.metrics import roc_auc_score
 
 from querylayer import named_identity_folders, untrained_model
-from siamsearch.calibration import calibrate
+from siamsearch.evaluation.calibrate import calibrate
 from siamsearch.cli import main
-from siamsearch.embedder import load_model
-from siamsearch.errors import FingerprintMismatch, SiamsearchError
-from siamsearch.verification import VerificationResult, read_pairs_csv, verify_pairs
+from siamsearch.core.embedder import load_model
+from siamsearch.core.errors import FingerprintMismatch, SiamsearchError
+from siamsearch.query.verification import VerificationResult, read_pairs_csv, verify, verify_pairs
 
 NAMES = ["dan", "eve", "fay", "gus"]
 # tiny data: the "few identities" / "too few impostor pairs" warnings are expected (tested where they matter)
-pytestmark = pytest.mark.filterwarnings("ignore::siamsearch.calibration.CalibrationWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::siamsearch.query.record.CalibrationWarning")
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def _brute_distance(net, a, b):
 def test_no_threshold_says_how_to_get_one(model, data):
     net = load_model(model)
     with pytest.raises(SiamsearchError, match="siamsearch calibrate") as e:
-        net.verify(data / "dan" / "img_0.png", data / "dan" / "img_1.png")
+        verify(net, data / "dan" / "img_0.png", data / "dan" / "img_1.png")
     assert "--threshold" in str(e.value)
     r = CliRunner().invoke(main, ["verify", str(data / "dan" / "img_0.png"), str(data / "eve" / "img_0.png"),
                                   "--model", str(model)])
@@ -51,7 +51,7 @@ def test_explicit_threshold_and_read_only_result(model, data):
     a, b = data / "dan" / "img_0.png", data / "eve" / "img_2.png"
     d = _brute_distance(net, a, b)
     for t in (d - 1e-4, d + 1e-4):
-        r = net.verify(a, b, threshold=t)
+        r = verify(net, a, b, threshold=t)
         assert r.distance == pytest.approx(d, abs=1e-5) and r.is_same == (d <= t)
         assert r.threshold == t and r.threshold_source == "explicit" and r.calibration is None
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -59,14 +59,14 @@ def test_explicit_threshold_and_read_only_result(model, data):
     with pytest.raises(ValueError):  # validated on construction: the decision must follow the rule
         VerificationResult(is_same=True, distance=1.0, threshold=0.5, threshold_source="explicit")
     with pytest.raises(SiamsearchError, match="0, 2"):
-        net.verify(a, b, threshold=3.0)
+        verify(net, a, b, threshold=3.0)
 
 
 def test_calibrated_threshold_and_json(model, data, tmp_path):
     calibrate(model, data, pairs=200, target_far=0.1, seed=0)
     net = load_model(model)
     a, b = data / "dan" / "img_0.png", data / "dan" / "img_1.png"
-    r = net.verify(a, b)
+    r = verify(net, a, b)
     assert r.threshold_source == "calibration" and r.threshold == net.calibration["threshold"]
     with pytest.raises(TypeError):  # the record inside the result is read-only
         r.calibration["threshold"] = 0.0

@@ -11,7 +11,7 @@ import sys
 import click
 
 from .._version import __version__
-from ..errors import SiamsearchError
+from ..core.errors import SiamsearchError
 
 
 class _Group(click.Group):
@@ -48,14 +48,11 @@ def main() -> None:
 
 def _register() -> None:
     # One line per command module; each module defines a click command or group.
-    from . import train as _train
+    from . import calibrate, data, demo, evaluate, index, query, train, verify
 
-    main.add_command(_train.train)
-    from . import evaluate as _evaluate; main.add_command(_evaluate.evaluate)  # noqa: E702
-    from . import data as _data; main.add_command(_data.data)  # noqa: E702
-    from . import calibrate as _c, verify as _v, query as _q; [main.add_command(c) for c in (_c.calibrate, _v.verify, _q.query)]  # noqa: E702,E501
-    from . import index as _index; main.add_command(_index.index)  # noqa: E702
-    from . import demo as _demo; main.add_command(_demo.demo)  # noqa: E702
+    for command in (train.train, evaluate.evaluate, data.data, calibrate.calibrate, verify.verify, query.query,
+                    index.index, demo.demo):
+        main.add_command(command)
 
 
 _register()

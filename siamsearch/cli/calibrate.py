@@ -6,7 +6,7 @@ import warnings
 
 import click
 
-from ..calibration import RULES
+from ..query.record import RULES
 from ..data import FORMATS
 
 
@@ -46,8 +46,8 @@ def calibrate(model, data, format_, split, rule, target_far, pairs, seed, out, i
       siamsearch calibrate --model model.pt --data heldout/
       siamsearch calibrate --model model.pt --data faces/ --rule eer --out model.calib.json
     """
-    from ..calibration import CalibrationWarning, describe
-    from ..calibration import calibrate as run_calibrate
+    from ..query.record import CalibrationWarning, describe
+    from ..evaluation.calibrate import calibrate as run_calibrate
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)  # shown below from the record, once

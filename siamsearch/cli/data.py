@@ -50,7 +50,7 @@ def check(paths, format_, split, model, val_fraction, seed, workers, strict, as_
       siamsearch data check faces/
       siamsearch data check ../shared/data/omniglot --json
     """
-    from ..inspect import check_dataset, format_report
+    from ..data.inspect import check_dataset, format_report
 
     report = check_dataset(_paths(paths), format=format_, split=split, model=model, val_fraction=val_fraction,
                            seed=seed, workers=workers, progress=not as_json)
@@ -84,7 +84,7 @@ def preview(paths, format_, split, model, n_pairs, augment, triplets, m_per_clas
       siamsearch data preview ../shared/data/fashion-mnist --pairs 16 --out pairs.png
       siamsearch data preview faces/ --triplets --model model.pt
     """
-    from ..inspect import preview_pairs
+    from ..data.inspect import preview_pairs
 
     path = preview_pairs(_paths(paths), out=out, format=format_, split=split, n_pairs=n_pairs, augment=augment,
                          seed=seed, model=model, triplets=triplets, m_per_class=m_per_class)

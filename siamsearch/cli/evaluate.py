@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..data import FORMATS
-from ..evaluate import PROTOCOLS
+from ..evaluation.evaluate import PROTOCOLS
 
 
 @click.command(context_settings={"show_default": True})
@@ -48,8 +48,8 @@ def evaluate(model, data, format_, split, protocol, index, pairs, seed, limit, n
       siamsearch evaluate --model omni.pt --data all_runs.zip --protocol oneshot
       siamsearch evaluate --model model.pt --index index/gallery
     """
-    from ..evaluate import evaluate as run_evaluate
-    from ..evaluate import summary_rows
+    from ..evaluation.evaluate import evaluate as run_evaluate
+    from ..evaluation.evaluate import summary_rows
 
     if data is None and index is None:
         raise click.UsageError("give --data (a dataset) or --index (a gallery) to evaluate on")

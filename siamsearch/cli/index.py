@@ -10,7 +10,7 @@ _FACTORY_HELP = ("Faiss index: auto (exact Flat while fast enough, tuned IVF bey
 
 
 def _check_factory(ctx, param, value: str) -> str:
-    from ..errors import SiamsearchError
+    from ..core.errors import SiamsearchError
     from ..gallery.ann import resolve_factory
 
     try:

@@ -42,7 +42,7 @@ def query(queries, index, k, open_set, threshold, calibration, model, out, batch
       siamsearch query new_photos/ --index index/people -k 3 --open-set --json
       siamsearch query photo.jpg --index index/people --model moved/model.pt --out results.csv
     """
-    from ..identification import identify, write_results_csv
+    from ..query.identification import identify, write_results_csv
 
     report = identify(index, queries, k=k, open_set=open_set, threshold=threshold, model=model,
                       calibration=calibration, batch_size=batch_size, workers=workers, device=device,

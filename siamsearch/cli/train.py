@@ -5,8 +5,8 @@ import json
 
 import click
 
-from ..config import BACKBONES, EMBED_FROM
-from ..losses import LOSSES, MINING
+from ..core.config import BACKBONES, EMBED_FROM
+from ..training.losses import LOSSES, MINING
 
 from ..data import FORMATS
 
@@ -61,7 +61,7 @@ def train(data, out, format_, split, loss, backbone, weights, input_size, channe
     Example:
       siamsearch train --data faces/ --out model.pt --epochs 20 --channels 3 --hflip
     """
-    from ..trainer import train as run_train
+    from ..training.trainer import train as run_train
 
     result = run_train(
         list(data) if len(data) > 1 else data[0], out, format=format_, split=split, loss=loss, backbone=backbone,

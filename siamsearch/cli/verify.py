@@ -7,7 +7,7 @@ import click
 
 
 def _source_line(result) -> str:
-    from ..calibration import threshold_source_text
+    from ..query.record import threshold_source_text
 
     return "--threshold (explicit)" if result.calibration is None else threshold_source_text(dict(result.calibration))
 
@@ -42,8 +42,8 @@ def verify(images, model, threshold, calibration, pairs_csv, out, batch_size, wo
       siamsearch verify a.png b.png --model model.pt --threshold 0.8 --json
       siamsearch verify --pairs pairs.csv --model model.pt --out results.csv
     """
-    from ..embedder import load_model
-    from ..verification import resolve_threshold, verify_pairs, write_pairs_csv
+    from ..core.embedder import load_model
+    from ..query.verification import resolve_threshold, verify_pairs, write_pairs_csv
 
     if pairs_csv is None and len(images) != 2:
         raise click.UsageError("give two images (IMAGE_A IMAGE_B) or --pairs pairs.csv")
@@ -54,7 +54,7 @@ def verify(images, model, threshold, calibration, pairs_csv, out, batch_size, wo
     net = load_model(model, device=device)
     resolve_threshold(net, threshold, calibration)  # fail before any image work when there is no threshold
     if pairs_csv is None:
-        from ..verification import verify as run_verify
+        from ..query.verification import verify as run_verify
 
         result = run_verify(net, images[0], images[1], threshold=threshold, calibration=calibration)
         if as_json:

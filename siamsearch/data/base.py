@@ -23,8 +23,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torch.utils.data.dataloader import default_collate
 
-from ..errors import SiamsearchError, UnreadableImage
-from ..images import read_image, read_image_bytes, sha256_file
+from ..core.errors import SiamsearchError, UnreadableImage
+from ..core.images import read_image, read_image_bytes, sha256_file
 
 PathLike = Union[str, os.PathLike]
 
@@ -271,7 +271,7 @@ class ImageDataset(Dataset):
         """Decode sample ``i`` as a PIL image in its stored mode (IDX data: mode ``'L'``).
 
         Raises:
-            UnreadableImage: with the reason from :func:`siamsearch.images.read_image`.
+            UnreadableImage: with the reason from :func:`siamsearch.core.images.read_image`.
         """
         return self._backend.load(self._check(i))
 
@@ -384,3 +384,25 @@ def collate_skip_none(batch: list) -> Any:
         return None
     return default_collate(batch)
 
+
+def guess_channels_and_size(ds: ImageDataset, seed: int) -> tuple[int, int]:
+    """Look at up to 16 images: grey everywhere -> 1 channel; their median size -> input size."""
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(ds), size=min(16, len(ds)), replace=False)
+    colour, sides = False, []
+    for i in idx:
+        try:
+            im = ds.load(int(i))
+        except SiamsearchError:
+            continue
+        if im.mode not in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
+            if im.mode == "P":
+                im = im.convert("RGB")
+            if im.mode in ("RGB", "RGBA", "CMYK", "YCbCr"):
+                arr = np.asarray(im.convert("RGB"), dtype=np.int16)
+                colour |= bool(np.abs(arr - arr.mean(axis=2, keepdims=True)).max() > 8)
+            else:
+                colour = True
+        sides.append(max(im.size))
+    side = float(np.median(sides)) if sides else 64.0
+    return (3 if colour else 1), (32 if side <= 32 else 64)

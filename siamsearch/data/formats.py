@@ -4,7 +4,7 @@ Layouts (``format`` names):
 
 - ``folders``: ``ROOT/<identity>/<image files>``; one sub-folder per identity,
   images may sit in deeper sub-folders of it; extensions compared
-  case-insensitively (:data:`siamsearch.images.IMAGE_EXTENSIONS`). Image files
+  case-insensitively (:data:`siamsearch.core.images.IMAGE_EXTENSIONS`). Image files
   directly in ``ROOT`` belong to no identity and are ignored with a warning.
 - ``idx``: a folder with the MNIST / Fashion-MNIST IDX files under their
   original names (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
@@ -41,8 +41,8 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from ..errors import SiamsearchError
-from ..images import is_image_file, iter_images, list_images
+from ..core.errors import SiamsearchError
+from ..core.images import is_image_file, iter_images, list_images
 from .base import ArrayBackend, EntryBackend, ImageDataset
 
 PathLike = Union[str, os.PathLike]

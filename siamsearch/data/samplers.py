@@ -2,7 +2,7 @@
 
 :func:`sample_pairs` is the one pair sampler used by training, validation,
 calibration and evaluation; ``is_same`` is derived from identities with
-:func:`siamsearch.distance.is_same_pairs`.
+:func:`siamsearch.core.distance.is_same_pairs`.
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Iterator, Optional, Sequence, Union
 import numpy as np
 from torch.utils.data import Dataset, Sampler
 
-from ..distance import is_same_pairs
-from ..errors import SiamsearchError
+from ..core.distance import is_same_pairs
+from ..core.errors import SiamsearchError
 from .base import ImageDataset
 
 Labels = Union[Sequence[int], np.ndarray]

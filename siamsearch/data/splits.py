@@ -5,7 +5,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from ..errors import SiamsearchError
+from ..core.errors import SiamsearchError
 
 
 def split_by_identity(identities: Union[Sequence[int], np.ndarray], val_fraction: float,

@@ -4,7 +4,7 @@ Independent of torch: it takes float32 arrays ``[N, d]`` and int64 ids ``[N]``
 and answers k-nearest-neighbour queries with Euclidean distances (DESIGN.md:
 a distance in [0, 2] for unit vectors, smaller = more alike). Every index
 searches with squared L2 internally; the conversion to the public distance is
-:func:`siamsearch.distance.squared_to_distance`, nowhere else.
+:func:`siamsearch.core.distance.squared_to_distance`, nowhere else.
 
 Index choice (``factory``):
 
@@ -32,9 +32,9 @@ from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence
 import faiss
 import numpy as np
 
-from ..distance import squared_to_distance
-from ..errors import SiamsearchError
-from ._files import atomic_path
+from ..core.distance import squared_to_distance
+from ..core.errors import SiamsearchError
+from ..core.files import atomic_path
 
 #: Exact search is used while ``n * d`` (multiply-adds per query) stays at or below this.
 EXACT_BUDGET = 1 << 25

@@ -22,13 +22,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
 from .._version import __version__
-from ..errors import FingerprintMismatch, GalleryError, SiamsearchError
-from ..images import list_images, sha256_file
+from ..core.errors import FingerprintMismatch, GalleryError, SiamsearchError
+from ..core.images import list_images, sha256_file
 from . import ann as _ann
 from . import store as _store
 from .store import GalleryFile, RowBlock
@@ -192,8 +192,8 @@ class Gallery:
         """Embed every image below ``image_dir`` and index it.
 
         Args:
-            image_dir: folder scanned recursively (extensions of :data:`siamsearch.images.IMAGE_EXTENSIONS`).
-            model: checkpoint path or a loaded :class:`~siamsearch.embedder.Embedder`.
+            image_dir: folder scanned recursively (extensions of :data:`siamsearch.core.images.IMAGE_EXTENSIONS`).
+            model: checkpoint path or a loaded :class:`~siamsearch.core.embedder.Embedder`.
             out: gallery folder; default ``index/<name of image_dir>``.
             factory: ``auto``, ``Flat``, ``HNSW32``, ``IVF``, ``IVF4096`` or a Faiss factory string.
             batch_size: images per forward pass. workers: image-decoding processes (default
@@ -259,7 +259,7 @@ class Gallery:
 
         Args:
             path: the gallery folder (``index/NAME``).
-            model: optional checkpoint path or :class:`~siamsearch.embedder.Embedder`; it must be the
+            model: optional checkpoint path or :class:`~siamsearch.core.embedder.Embedder`; it must be the
                 model that built the gallery. Without it, :meth:`search` of images loads the
                 checkpoint recorded in the gallery.
 
@@ -403,7 +403,7 @@ class Gallery:
 
     @property
     def model(self):
-        """The :class:`~siamsearch.embedder.Embedder` (loaded from the recorded checkpoint on first use)."""
+        """The :class:`~siamsearch.core.embedder.Embedder` (loaded from the recorded checkpoint on first use)."""
         if self._model is None:
             self._model = self._recorded_model("auto")
         return self._model
@@ -561,7 +561,7 @@ def _load_embedder(model: Any, device: str):
         return model
     if model is None:
         raise SiamsearchError("a model is needed: give the checkpoint with --model MODEL.pt")
-    from ..embedder import load_model
+    from ..core.embedder import load_model
 
     return load_model(model, device=device)
 

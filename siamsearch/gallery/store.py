@@ -37,7 +37,7 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -45,10 +45,9 @@ from typing import Iterator, Optional, Sequence
 import h5py
 import numpy as np
 
-from .._version import __version__
-from ..errors import GalleryError
-from ..images import sha256_file
-from ._files import atomic_path, fsync_path, write_json_atomic
+from ..core.errors import GalleryError
+from ..core.images import sha256_file
+from ..core.files import atomic_path, fsync_path, write_json_atomic
 from .ann import AnnIndex
 
 FORMAT = "siamsearch.gallery"

@@ -35,8 +35,8 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from ..distance import is_same_pairs, squared_to_distance
-from ..errors import SiamsearchError
+from ..core.distance import is_same_pairs, squared_to_distance
+from ..core.errors import SiamsearchError
 from .verification import threshold_for_far
 
 #: ``search(queries [b, d] float32, k) -> (distances [b, k], ids [b, k] int64)``; distances are

@@ -23,9 +23,9 @@ from typing import Callable, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from ..distance import distance_matrix
-from ..errors import SiamsearchError
-from ..images import read_image, read_image_bytes
+from ..core.distance import distance_matrix
+from ..core.errors import SiamsearchError
+from ..core.images import read_image, read_image_bytes
 
 #: ``embed_fn(list of PIL images) -> [n, d]`` float embeddings.
 EmbedFn = Callable[[list], np.ndarray]

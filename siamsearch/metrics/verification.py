@@ -2,7 +2,7 @@
 
 Every function takes ``distances`` (float ``[P]``, Euclidean distances in
 [0, 2], smaller = more alike) and ``is_same`` (bool ``[P]``, from
-:func:`siamsearch.distance.is_same_pairs`).
+:func:`siamsearch.core.distance.is_same_pairs`).
 
 **Decision rule.** A pair is declared *same* when ``distance <= threshold``.
 Thresholds are distances. With ``G`` genuine (``is_same``) and ``I`` impostor
@@ -31,7 +31,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import SiamsearchError
+from ..core.errors import SiamsearchError
 
 #: FAR targets reported by default.
 DEFAULT_FARS: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4)
@@ -43,7 +43,7 @@ def _check(distances, is_same) -> tuple[np.ndarray, np.ndarray]:
     s = np.asarray(is_same)
     if s.dtype != np.bool_:
         raise SiamsearchError(
-            f"is_same must be a boolean array (derive it with siamsearch.distance.is_same_pairs); got {s.dtype}"
+            f"is_same must be a boolean array (derive it with siamsearch.core.distance.is_same_pairs); got {s.dtype}"
         )
     s = s.reshape(-1)
     if d.shape != s.shape:

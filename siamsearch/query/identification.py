@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-import numpy as np
 
-from .errors import SiamsearchError
-from .images import list_images
+from ..core.errors import SiamsearchError
+from ..core.images import list_images
 
 PathLike = Union[str, os.PathLike]
 
@@ -167,7 +166,7 @@ def open_gallery(index, model=None, device: str = "auto"):
     Args:
         index: a gallery folder (``index/NAME``) or an opened :class:`~siamsearch.gallery.Gallery`.
         model: ``None`` (use the checkpoint the gallery recorded, checked against its fingerprint),
-            a checkpoint path (a moved model) or an :class:`~siamsearch.embedder.Embedder`.
+            a checkpoint path (a moved model) or an :class:`~siamsearch.core.embedder.Embedder`.
 
     Returns:
         ``(gallery, embedder)``.
@@ -176,15 +175,15 @@ def open_gallery(index, model=None, device: str = "auto"):
         FingerprintMismatch: the model is not the one that built the gallery.
         SiamsearchError: the recorded model is gone and none was given; damaged gallery (GalleryError).
     """
-    from .gallery import Gallery
+    from ..gallery import Gallery
 
     if model is not None and not hasattr(model, "fingerprint"):
-        from .embedder import load_model
+        from ..core.embedder import load_model
 
         model = load_model(model, device=device)
     if isinstance(index, Gallery):
         if model is not None and model.fingerprint != index.fingerprint:
-            from .errors import FingerprintMismatch
+            from ..core.errors import FingerprintMismatch
 
             raise FingerprintMismatch(f"{index.folder} was built with model {index.fingerprint} but the given model "
                                       f"is {model.fingerprint}; query with the model that built it")

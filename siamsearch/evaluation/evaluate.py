@@ -28,12 +28,12 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from ._version import __version__
-from .distance import pair_distances
-from .errors import SiamsearchError, UnreadableImage
-from .metrics import identification as ident
-from .metrics import oneshot as oneshot_mod
-from .metrics import verification as verif
+from .._version import __version__
+from ..core.distance import pair_distances
+from ..core.errors import SiamsearchError, UnreadableImage
+from ..metrics import identification as ident
+from ..metrics import oneshot as oneshot_mod
+from ..metrics import verification as verif
 
 PathLike = Union[str, os.PathLike]
 
@@ -64,7 +64,7 @@ def is_oneshot_runs(path: PathLike) -> bool:
 
 def _default_split(data: PathLike, format: str) -> Optional[str]:
     """Evaluate on the held-out split where the format has one (IDX: test; CelebA: test)."""
-    from .data import detect_format
+    from ..data import detect_format
 
     fmt = format if format != "auto" else detect_format(data)
     return "test" if fmt in ("idx", "mnist", "fashion-mnist", "celeba") else None
@@ -126,7 +126,7 @@ def _fmt(x: float) -> str:
 
 # --------------------------------------------------------------------------- verification
 def _verification(emb, ids, n_pairs, seed, n_boot, calibration, warnings) -> tuple[dict, dict]:
-    from .data import sample_pairs
+    from ..data import sample_pairs
 
     a, b, is_same = sample_pairs(ids, n_pairs, seed=seed)
     dist = pair_distances(emb[a], emb[b]).astype(np.float64)
@@ -198,7 +198,7 @@ def _hardest_pairs(curves: dict, kept: np.ndarray, ds) -> dict:
 def _open_set_split(ids: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Gallery and probe indices: 20% of identities are unknown (probes only); each known identity
     puts half its images (at least one) in the gallery and the rest in the probes."""
-    from .data import split_by_identity
+    from ..data import split_by_identity
 
     known, unknown = split_by_identity(ids, OPEN_SET_UNKNOWN_FRACTION, seed=seed)
     rng = np.random.default_rng(seed)
@@ -289,7 +289,7 @@ def _two_pass(emb: np.ndarray, labels: np.ndarray, search: ident.SearchFn, progr
 
 def _index_comparison(index_path: PathLike, model, progress: bool, warnings: list) -> dict:
     """Leave-one-out identification on a gallery: exact search vs its deployed index."""
-    from .gallery import Gallery
+    from ..gallery import Gallery
 
     with Gallery.open(index_path, model=model) as g:
         labels = np.asarray(g.labels, dtype=np.int64)
@@ -359,7 +359,7 @@ def evaluate(
     Returns:
         The metrics dict that ``metrics.json`` holds.
     """
-    from .embedder import load_model
+    from ..core.embedder import load_model
 
     if protocol not in PROTOCOLS:
         raise SiamsearchError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
@@ -402,7 +402,7 @@ def evaluate(
                 f"{data} is not in the one-shot run format (runNN/class_labels.txt, training/, test/); "
                 "give all_runs.zip or choose --protocol verification|identification"
             )
-        from .data import open_dataset
+        from ..data import open_dataset
 
         if split is None:
             split = _default_split(data, format)

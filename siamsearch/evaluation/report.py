@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from .images import as_pil
+from ..core.images import as_pil
 
 GENUINE_COLOUR = "#1f77b4"
 IMPOSTOR_COLOUR = "#d62728"
@@ -48,7 +48,7 @@ def at_k(d: dict, k: int):
 # --------------------------------------------------------------------------- verification plots
 def plot_roc(distances: np.ndarray, is_same: np.ndarray, v: dict, threshold: Optional[float], kind: str) -> bytes:
     """TAR against FAR (log axis) with the TAR@FAR points and the decision threshold."""
-    from .metrics.verification import roc_curve
+    from ..metrics.verification import roc_curve
 
     plt = _plt()
     roc = roc_curve(distances, is_same)
@@ -82,7 +82,7 @@ def plot_det(distances: np.ndarray, is_same: np.ndarray, v: dict) -> bytes:
     """FRR against FAR on normal-deviate (probit) axes, the usual DET presentation."""
     from statistics import NormalDist
 
-    from .metrics.verification import det_curve
+    from ..metrics.verification import det_curve
 
     plt = _plt()
     norm = _Probit(NormalDist())
@@ -224,7 +224,7 @@ def make_figures(metrics: dict, data: dict) -> tuple[dict[str, bytes], dict[str,
     """All PNGs for a metrics dict.
 
     Args:
-        metrics: what :func:`siamsearch.evaluate.evaluate` returns.
+        metrics: what :func:`siamsearch.evaluation.evaluate.evaluate` returns.
         data: in-memory extras: ``verification`` (``distances``, ``is_same``, ``threshold``,
             ``threshold_kind``), ``dataset`` (for image grids), ``oneshot_runs`` ({name: run}).
 

@@ -1,6 +1,6 @@
 """Metric-learning losses over L2-normalised embeddings and Euclidean distance.
 
-Pair relations come from identities through :mod:`siamsearch.distance`; the
+Pair relations come from identities through :mod:`siamsearch.core.distance`; the
 only pair flag is the boolean ``is_same``.
 
 - :class:`ContrastiveLoss` — pairs: ``L = is_same·d² + (1−is_same)·max(0, margin−d)²``.
@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distance import distance_matrix, is_same_matrix, pair_distances
-from .errors import SiamsearchError
+from ..core.distance import distance_matrix, is_same_matrix, pair_distances
+from ..core.errors import SiamsearchError
 
 LOSSES = ("contrastive", "triplet", "arcface")
 

@@ -212,17 +212,6 @@ class Embedder:
         e = self.embed([a, b])
         return float(pair_distances(e[:1], e[1:])[0])
 
-    def verify(self, a: ImageLike, b: ImageLike, threshold: Optional[float] = None):
-        """Same identity or not: ``distance <= threshold``, the threshold being ``threshold`` or the
-        model's calibration (no default is invented). See :func:`siamsearch.verification.verify`.
-
-        Returns:
-            A read-only :class:`siamsearch.verification.VerificationResult`.
-        """
-        from .verification import verify
-
-        return verify(self, a, b, threshold=threshold)
-
 
 def load_model(path: Union[str, os.PathLike], device: Union[str, torch.device] = "auto") -> Embedder:
     """Load a checkpoint written by :func:`siamsearch.train` (weights-only, verified).

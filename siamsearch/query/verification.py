@@ -10,7 +10,7 @@ must match the model. There is no default threshold: without either, a
 Python API::
 
     model = siamsearch.load_model("model.pt")
-    r = model.verify("a.png", "b.png")       # VerificationResult, read-only
+    r = siamsearch.verify(model, "a.png", "b.png")  # VerificationResult, read-only
     r.is_same, r.distance, r.threshold, r.threshold_source, r.calibration
 """
 from __future__ import annotations
@@ -25,9 +25,9 @@ from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .calibration import binomial_ci, check_record, load_record
-from .distance import pair_distances
-from .errors import SiamsearchError
+from .record import binomial_ci, check_record, load_record
+from ..core.distance import pair_distances
+from ..core.errors import SiamsearchError
 
 PathLike = Union[str, os.PathLike]
 CalibrationLike = Union[None, Mapping, PathLike]
@@ -64,7 +64,7 @@ def resolve_threshold(model, threshold: Optional[float] = None,
     """The threshold to use with ``model`` and where it came from.
 
     Args:
-        model: an :class:`~siamsearch.embedder.Embedder` (its ``fingerprint`` and ``calibration``).
+        model: an :class:`~siamsearch.core.embedder.Embedder` (its ``fingerprint`` and ``calibration``).
         threshold: an explicit distance in [0, 2]; wins over any calibration.
         calibration: a calibration record, or a path to one (``.json`` or a checkpoint carrying one);
             default: the model's own record.
@@ -142,7 +142,7 @@ def verify(model, a, b, threshold: Optional[float] = None, calibration: Calibrat
     """Decide whether images ``a`` and ``b`` show the same identity.
 
     Args:
-        model: an :class:`~siamsearch.embedder.Embedder`.
+        model: an :class:`~siamsearch.core.embedder.Embedder`.
         a, b: images (paths, PIL images or arrays).
         threshold: explicit distance threshold; default: the calibration's.
         calibration: a record or a path to one; default: the model's own.
@@ -282,7 +282,7 @@ def _chunks(rows: Sequence[PairRow], size: int) -> Iterator[Sequence[PairRow]]:
 
 
 def _pair_metrics(d: np.ndarray, expected: np.ndarray, threshold: float) -> dict:
-    from .metrics import verification as verif
+    from ..metrics import verification as verif
 
     accepted = d <= threshold
     gen, imp = expected, ~expected
@@ -315,7 +315,7 @@ def verify_pairs(model, pairs: Union[PathLike, Sequence[PairRow]], threshold: Op
     goes on.
 
     Args:
-        model: an :class:`~siamsearch.embedder.Embedder`.
+        model: an :class:`~siamsearch.core.embedder.Embedder`.
         pairs: path of a CSV ``a,b[,is_same]`` (see :func:`read_pairs_csv`) or rows.
         threshold, calibration: as in :func:`verify`.
         batch_size, workers: for :meth:`Embedder.embed_files`.

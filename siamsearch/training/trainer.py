@@ -23,21 +23,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ._version import __version__
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import ModelConfig
-from .data import ImageDataset, open_dataset
-from .data.base import collate_skip_none
-from .data.samplers import MPerClassBatchSampler, PairDataset, sample_pairs
-from .data.splits import split_by_identity
-from .distance import pair_distances
-from .embedder import resolve_device
-from .errors import SiamsearchError
+from .._version import __version__
+from ..core.checkpoint import load_checkpoint, save_checkpoint
+from ..core.config import ModelConfig
+from ..data import ImageDataset, guess_channels_and_size, open_dataset
+from ..data.base import collate_skip_none
+from ..data.samplers import MPerClassBatchSampler, PairDataset, sample_pairs
+from ..data.splits import split_by_identity
+from ..core.distance import pair_distances
+from ..core.embedder import resolve_device
+from ..core.errors import SiamsearchError
 from .losses import LOSSES, check_mining, make_loss
-from .metrics.identification import precision_at_1
-from .metrics.verification import roc_auc
-from .model import EmbeddingNet
-from .preprocess import build_transform, seed_augmentation
+from ..metrics.identification import precision_at_1
+from ..metrics.verification import roc_auc
+from ..core.model import EmbeddingNet
+from ..core.preprocess import build_transform, seed_augmentation
 
 PathLike = Union[str, os.PathLike]
 
@@ -79,29 +79,6 @@ def lr_factor(fraction: float, warmup: float) -> float:
 def _seed_everything(seed: int) -> None:
     seed_augmentation(seed)  # python `random` and torch, which the transforms draw from
     np.random.seed(seed % (2**32))
-
-
-def guess_channels_and_size(ds: ImageDataset, seed: int) -> tuple[int, int]:
-    """Look at up to 16 images: grey everywhere -> 1 channel; their median size -> input size."""
-    rng = np.random.default_rng(seed)
-    idx = rng.choice(len(ds), size=min(16, len(ds)), replace=False)
-    colour, sides = False, []
-    for i in idx:
-        try:
-            im = ds.load(int(i))
-        except SiamsearchError:
-            continue
-        if im.mode not in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
-            if im.mode == "P":
-                im = im.convert("RGB")
-            if im.mode in ("RGB", "RGBA", "CMYK", "YCbCr"):
-                arr = np.asarray(im.convert("RGB"), dtype=np.int16)
-                colour |= bool(np.abs(arr - arr.mean(axis=2, keepdims=True)).max() > 8)
-            else:
-                colour = True
-        sides.append(max(im.size))
-    side = float(np.median(sides)) if sides else 64.0
-    return (3 if colour else 1), (32 if side <= 32 else 64)
 
 
 def _versions() -> dict:
@@ -189,7 +166,7 @@ def train(
             schedule with one warm-up epoch); ``margin=None`` keeps the loss's default.
         m_per_class: images per identity in each batch (triplet, arcface).
         mining: triplet mining, ``"hard"`` (batch-hard, default) or ``"all"``
-            (batch-all; see :class:`siamsearch.losses.TripletLoss`).
+            (batch-all; see :class:`siamsearch.training.losses.TripletLoss`).
         steps_per_epoch: batches per epoch (default: one pass over the training images).
         augment: small random affine (and flips when ``hflip``) during training.
         seed: seeds the split, the samplers, augmentation and initialisation;

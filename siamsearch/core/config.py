@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Optional
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 from .errors import SiamsearchError
 
-#: Backbones :class:`siamsearch.model.EmbeddingNet` can build.
+#: Backbones :class:`siamsearch.core.model.EmbeddingNet` can build.
 BACKBONES = ("smallcnn", "resnet18", "resnet34", "resnet50", "efficientnet_b0")
 
 #: Where the embedding is read: the projection head or the backbone's pooled features.

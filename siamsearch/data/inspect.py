@@ -18,11 +18,11 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .config import ModelConfig
-from .data import ImageDataset, MPerClassBatchSampler, open_dataset, sample_pairs, split_by_identity
-from .distance import distance_matrix, is_same_matrix
-from .errors import SiamsearchError, UnreadableImage
-from .preprocess import build_transform, denormalize, seed_augmentation
+from ..core.config import ModelConfig
+from . import ImageDataset, MPerClassBatchSampler, guess_channels_and_size, open_dataset, sample_pairs, split_by_identity
+from ..core.distance import distance_matrix, is_same_matrix
+from ..core.errors import SiamsearchError, UnreadableImage
+from ..core.preprocess import build_transform, denormalize, seed_augmentation
 
 PathLike = Union[str, os.PathLike]
 DataArg = Union[PathLike, Sequence[PathLike], ImageDataset]
@@ -46,10 +46,9 @@ def resolve_config(ds: ImageDataset, model: Optional[PathLike] = None, seed: int
         ``(config, where)`` with ``where`` = the checkpoint path or ``"default"``.
     """
     if model is not None:
-        from .checkpoint import load_checkpoint
+        from ..core.checkpoint import load_checkpoint
 
         return load_checkpoint(model).config, os.fspath(model)
-    from .trainer import guess_channels_and_size
 
     channels, size = guess_channels_and_size(ds, seed)
     return ModelConfig.for_channels(channels, input_size=size), "default"
@@ -402,7 +401,7 @@ def preview_pairs(data: DataArg, out: PathLike = "preview.png", format: str = "a
         x = torch.stack([xs[k] for k in keep])
         ids = torch.as_tensor(ds.identities[batch])
         if model is not None:
-            from .embedder import load_model
+            from ..core.embedder import load_model
 
             emb = torch.from_numpy(load_model(model, device="cpu").embed_tensor(x))
             by = f"model {Path(model).name}"
