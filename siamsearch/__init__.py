@@ -10,6 +10,15 @@ Python API::
     r = siamsearch.verify(model, "a.jpg", "b.jpg")  # same / different by the calibrated threshold
 
 Names are imported lazily, so ``import siamsearch`` stays fast for the CLI.
+
+Layers (imports only point down; ``tests/test_architecture.py`` checks it)::
+
+    core (0) < data, metrics (1) < training, gallery (2) < query (3) < evaluation (4) < demo (5) < cli, serve (6)
+
+A module may import modules of its own folder and of lower layers only (``data``
+and ``metrics`` never import each other, nor ``training`` and ``gallery``, nor
+``cli`` and ``serve``). ``siamsearch._version`` and ``siamsearch.core.errors`` may
+be imported by anyone.
 """
 from importlib import import_module
 
