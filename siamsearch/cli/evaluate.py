@@ -10,6 +10,22 @@ from ..data import FORMATS
 from ..evaluation.evaluate import PROTOCOLS
 
 
+class _CountOrFile(click.ParamType):
+    """``--pairs``: a number of pairs to sample, or a pairs file (LFW pairs.txt or CSV a,b,is_same)."""
+
+    name = "N|FILE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or str(value).isdigit():
+            n = int(value)
+            if n < 20:
+                self.fail(f"{n} pairs are too few (10-fold CV needs at least 20)", param, ctx)
+            return n
+        if not Path(value).is_file():
+            self.fail(f"{value!r} is neither a number of pairs nor a pairs file", param, ctx)
+        return str(value)
+
+
 @click.command(context_settings={"show_default": True})
 @click.option("--model", "model", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Checkpoint written by `siamsearch train`.")
@@ -23,7 +39,15 @@ from ..evaluation.evaluate import PROTOCOLS
               help="What to measure; all = everything the data allows.")
 @click.option("--index", "index", default=None, type=click.Path(exists=True, file_okay=False),
               help="Gallery folder (index/NAME): compare exact search with its deployed index.")
-@click.option("--pairs", type=click.IntRange(20), default=20000, help="Verification pairs (half genuine).")
+@click.option("--pairs", type=_CountOrFile(), default=20000,
+              help="Verification pairs to sample (half genuine), or a pairs file: LFW pairs.txt format or a CSV "
+                   "a,b,is_same, scored by the standard protocol (10-fold accuracy +/- standard error).")
+@click.option("--images", default=None, type=click.Path(exists=True, file_okay=False),
+              help="With --pairs FILE: the folder its image names are relative to (LFW: the folder holding "
+                   "NAME/NAME_0001.jpg) [default: the pairs file's folder].")
+@click.option("--skip-missing", is_flag=True,
+              help="With --pairs FILE: skip pairs whose images are missing or unreadable (counted in the report) "
+                   "instead of stopping.")
 @click.option("--seed", type=int, default=0, help="Seeds pairs, subsets, splits, CV folds and bootstrap.")
 @click.option("--limit", type=click.IntRange(2), default=None, help="Evaluate a seeded random subset of N images.")
 @click.option("--bootstrap", "n_boot", type=click.IntRange(0), default=1000,
@@ -33,8 +57,8 @@ from ..evaluation.evaluate import PROTOCOLS
 @click.option("--batch-size", type=click.IntRange(1), default=128, help="Images per forward pass.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json to stdout instead of the table.")
-def evaluate(model, data, format_, split, protocol, index, pairs, seed, limit, n_boot, out, batch_size, device,
-             as_json):
+def evaluate(model, data, format_, split, protocol, index, pairs, images, skip_missing, seed, limit, n_boot, out,
+             batch_size, device, as_json):
     """Measure how reliably a model verifies and identifies, and write a report.
 
     \b
@@ -47,18 +71,23 @@ def evaluate(model, data, format_, split, protocol, index, pairs, seed, limit, n
       siamsearch evaluate --model model.pt --data ../shared/data/fashion-mnist
       siamsearch evaluate --model omni.pt --data all_runs.zip --protocol oneshot
       siamsearch evaluate --model model.pt --index index/gallery
+      siamsearch evaluate --model model.pt --pairs lfw/pairs.txt --images lfw/lfw-deepfunneled
     """
     from ..evaluation.evaluate import evaluate as run_evaluate
-    from ..evaluation.evaluate import summary_rows
 
-    if data is None and index is None:
-        raise click.UsageError("give --data (a dataset) or --index (a gallery) to evaluate on")
+    pairs_file = isinstance(pairs, str)
+    if data is None and index is None and not pairs_file:
+        raise click.UsageError("give --data (a dataset), --index (a gallery) or --pairs FILE (a pairs file) to evaluate on")
     if out is None:
-        source = Path(data if data is not None else index)
+        source = Path(pairs if pairs_file else data if data is not None else index)
         out = str(Path("runs") / f"{Path(model).stem}-{source.stem or 'data'}")
     metrics = run_evaluate(model, data, format=format_, protocol=protocol, index=index, pairs=pairs, seed=seed,
                            out=out, split=split, limit=limit, n_boot=n_boot, batch_size=batch_size, device=device,
-                           progress=not as_json)
+                           progress=not as_json, images=images, skip_missing=skip_missing)
+    if pairs_file:
+        from ..evaluation.pairs_protocol import summary_rows
+    else:
+        from ..evaluation.evaluate import summary_rows
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
         return

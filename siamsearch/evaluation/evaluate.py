@@ -324,7 +324,7 @@ def evaluate(
     format: str = "auto",
     protocol: str = "all",
     index: Optional[PathLike] = None,
-    pairs: int = 20000,
+    pairs: Union[int, PathLike] = 20000,
     seed: int = 0,
     out: Optional[PathLike] = None,
     split: Optional[str] = None,
@@ -333,6 +333,8 @@ def evaluate(
     batch_size: int = 128,
     device: str = "auto",
     progress: bool = False,
+    images: Optional[PathLike] = None,
+    skip_missing: bool = False,
 ) -> dict:
     """Measure a model on a labelled dataset and (with ``out``) write metrics.json and report.html.
 
@@ -345,7 +347,13 @@ def evaluate(
             allows: one-shot for run-format data, verification + identification otherwise).
         index: a gallery folder (``index/NAME``); identification is measured through exact search
             and through its deployed index.
-        pairs: verification pairs to sample (half genuine, half impostor).
+        pairs: verification pairs to sample (half genuine, half impostor); or a pairs file (LFW
+            ``pairs.txt`` format or CSV ``a,b,is_same``): then ``data`` is not needed and the
+            standard pairs protocol runs instead
+            (:func:`siamsearch.evaluation.pairs_protocol.evaluate_pairs`: 10-fold accuracy +/-
+            standard error, AUC, EER, TAR@FAR on exactly those pairs).
+        images: with a pairs file, the folder its image names are relative to.
+        skip_missing: with a pairs file, skip pairs with missing images instead of failing.
         seed: seeds the pairs, subsampling, open-set split, CV folds and bootstrap.
         out: folder for ``metrics.json``, ``report.html``, ``report.md`` and ``plots/``; ``None``
             writes nothing.
@@ -361,6 +369,15 @@ def evaluate(
     """
     from ..core.embedder import load_model
 
+    if isinstance(pairs, (str, os.PathLike)):  # a pairs file: the standard pairs protocol
+        from .pairs_protocol import evaluate_pairs
+
+        if data is not None or index is not None:
+            raise SiamsearchError("a pairs file is evaluated on its own; drop --data / --index, or give --pairs N")
+        return evaluate_pairs(model_path, pairs, images, seed=seed, n_boot=n_boot, skip_missing=skip_missing,
+                              out=out, batch_size=batch_size, device=device, progress=progress)
+    if images is not None:
+        raise SiamsearchError("--images goes with a pairs file (--pairs pairs.txt); for a dataset use --data")
     if protocol not in PROTOCOLS:
         raise SiamsearchError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if data is None and index is None:

@@ -310,6 +310,14 @@ def _ci(x: dict) -> str:
     return f"[{c[0]:.4f}, {c[1]:.4f}]" if c else ""
 
 
+def _cv_row(cv: dict) -> list:
+    k = cv["n_folds"]
+    if "standard_error" in cv:  # the pairs protocol: mean +/- standard error, as LFW reports it
+        return [f"{k}-fold accuracy", f"{cv['mean']:.4f} +/- {cv['standard_error']:.4f}", "",
+                f"+/- standard error over {cv.get('fold_source', '')} folds; threshold chosen on the other {k - 1}"]
+    return [f"{k}-fold CV accuracy", f"{cv['mean']:.4f} +/- {cv['std']:.4f}", "", f"threshold chosen on {k - 1} folds"]
+
+
 def _sections(metrics: dict) -> list[tuple[str, list[str], list[list]]]:
     """``(title, header, rows)`` tables shared by the HTML and markdown reports."""
     out = []
@@ -319,8 +327,7 @@ def _sections(metrics: dict) -> list[tuple[str, list[str], list[list]]]:
                 ["EER", f"{v['eer']['value']:.4f}", _ci(v["eer"]), f"d <= {v['eer']['threshold']:.4f}"],
                 ["best accuracy", f"{v['best_accuracy']['value']:.4f}", _ci(v["best_accuracy"]),
                  f"d <= {v['best_accuracy']['threshold']:.4f}"],
-                [f"{v['cv_accuracy']['n_folds']}-fold CV accuracy",
-                 f"{v['cv_accuracy']['mean']:.4f} +/- {v['cv_accuracy']['std']:.4f}", "", "threshold chosen on 9 folds"]]
+                _cv_row(v["cv_accuracy"])]
         for r in v["tar_at_far"]:
             rows.append([f"TAR @ FAR={r['far']:g}", f"{r['tar']:.4f}", _ci(r),
                          f"d <= {r['threshold']:.4f}, achieved FAR {r['achieved_far']:.2e}"
