@@ -1,24 +1,15 @@
-"""The files of a gallery folder: ``gallery.h5``, ``faiss.index``, ``manifest.json`` and a journal.
+"""A gallery folder and the interface its row store offers: what build, update and search use.
 
 Layout of ``index/NAME/`` (see index/README.md for a reader's guide):
 
-* ``gallery.h5``: one row per embedded image, rows never reordered except by
-  compaction. Datasets (all ``[N]`` unless said): ``embeddings [N, d] float32``
-  (chunked, resizable), ``ids`` int64 (``ids[i] == i``, the Faiss ids),
-  ``paths`` UTF-8 (relative to the ``source_dir`` attribute, ``/``-separated),
-  ``labels`` int64 (index into ``label_names``, -1 = none), ``label_names [L]``,
-  ``content_sha256`` (64 hex chars), ``mtime`` float64 seconds, ``size`` int64
-  bytes, ``deleted`` uint8 (1 = the file was removed or replaced; not searched),
-  ``skipped_paths`` / ``skipped_reasons`` (files that could not be read).
-  Attributes: format, format_version, siamsearch_version, created, updated
-  (ISO 8601 UTC), model_fingerprint, model_config (JSON), model_path,
-  source_dir, label_mode, requested_factory, index_sha256, generation.
-* ``faiss.index``: the Faiss index; its ids are the ``ids`` above.
+* the row store: ``gallery.h5`` (one HDF5 file, :mod:`siamsearch.gallery.hdf5`),
+  one row per embedded image; read through :class:`GalleryReader`.
+* ``faiss.index``: the Faiss index; its ids are the store's row ids.
 * ``manifest.json``: a human-readable summary (index choice and parameters,
   counts, skipped files); derived, rewritten after every commit.
 * ``.pending/``: journal of an unfinished build or update (removed on commit).
 
-Crash safety. ``gallery.h5`` and ``faiss.index`` are only ever replaced whole:
+Crash safety. The row store and ``faiss.index`` are only ever replaced whole:
 a new version is written under a temporary name, fsynced, then renamed over
 the old one (POSIX rename is atomic), so a crash leaves either the old or the
 new file, never a torn one. An HDF5 file appended in place can be left
@@ -26,7 +17,7 @@ unreadable by a kill at the wrong moment, which is why rows embedded during a
 build go first to the journal: every ``CHUNK_ROWS`` rows one segment file
 (``seg-NNNNNN.npz``) is written atomically. A killed build re-run finds the
 segments, keeps the rows whose files are unchanged, and embeds only the rest.
-The index is tied to the HDF5 file it was built from by ``index_sha256``; a
+The index is tied to the store it was built from by ``index_sha256``; a
 mismatch (a crash between the two renames) marks the index stale and the next
 build or update rebuilds it from the embeddings.
 """
@@ -40,41 +31,32 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Protocol
 
-import h5py
 import numpy as np
 
 from ..core.errors import GalleryError
-from ..core.images import sha256_file
 from ..core.files import atomic_path, fsync_path, write_json_atomic
+from ..core.images import sha256_file
+from . import hdf5
 from .ann import AnnIndex
+from .hdf5 import BLOCK_ROWS, FORMAT, FORMAT_VERSION, H5_NAME, GalleryFile, GalleryWriter, rebuild_hint
 
-FORMAT = "siamsearch.gallery"
-FORMAT_VERSION = 1
-H5_NAME = "gallery.h5"
+__all__ = ["GalleryReader", "RowBlock", "PendingLog", "FolderLock", "GalleryFile", "GalleryWriter", "commit",
+           "open_reader", "index_is_current", "BLOCK_ROWS", "CHUNK_ROWS", "FORMAT", "FORMAT_VERSION", "H5_NAME",
+           "INDEX_NAME", "MANIFEST_NAME", "PENDING_NAME", "rebuild_hint"]
+
 INDEX_NAME = "faiss.index"
 MANIFEST_NAME = "manifest.json"
 PENDING_NAME = ".pending"
 LOCK_NAME = ".lock"
-#: Rows per HDF5 chunk and per journal segment (a killed build loses at most this many embeddings).
+#: Rows per journal segment (a killed build loses at most this many embeddings).
 CHUNK_ROWS = 2048
-#: Rows read or copied per block when streaming (bounds memory: 64k x 128 floats = 32 MB).
-BLOCK_ROWS = 65536
-
-_STR = h5py.string_dtype("utf-8")
-ROW_DATASETS = ("embeddings", "ids", "paths", "labels", "content_sha256", "mtime", "size", "deleted")
 
 
 def now_iso() -> str:
     """The current time, ISO 8601 in UTC, to the second."""
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-
-
-def rebuild_hint(folder: os.PathLike | str) -> str:
-    """The sentence every damaged-gallery error ends with."""
-    return (f"rebuild it with `siamsearch index build IMAGE_DIR --model MODEL.pt --out {folder} --overwrite` "
-            f"(or delete {folder} and build again)")
 
 
 @dataclass
@@ -92,219 +74,83 @@ class RowBlock:
         return len(self.relpaths)
 
 
-# --------------------------------------------------------------------------- reading gallery.h5
+# --------------------------------------------------------------------------- the row store interface
 
 
-class GalleryFile:
-    """Read-only access to a ``gallery.h5``, validated on open.
+class GalleryReader(Protocol):
+    """What the gallery reads from its row store (``gallery.h5`` or a sharded store).
 
-    Raises:
-        GalleryError: when the file is missing, not HDF5, not a siamsearch
-            gallery, written by a newer version, or internally inconsistent;
-            the message says how to rebuild.
+    Rows have dense int64 ids ``0..n_rows-1`` (the Faiss ids); deleted rows stay
+    until a compaction renumbers them. Per-row arrays cover all rows, deleted ones included.
     """
 
-    def __init__(self, path: os.PathLike | str):
-        self.path = Path(path)
-        folder = self.path.parent
-        if not self.path.is_file():
-            raise GalleryError(f"{folder} is not a gallery (no {H5_NAME}); build one with "
-                               f"`siamsearch index build IMAGE_DIR --model MODEL.pt --out {folder}`")
-        try:
-            self.h5 = h5py.File(self.path, "r")
-        except (OSError, ValueError) as e:
-            raise GalleryError(f"{self.path} is damaged or not an HDF5 file ({_first_line(e)}); "
-                               f"{rebuild_hint(folder)}") from None
-        try:
-            self._validate()
-        except GalleryError:
-            self.h5.close()
-            raise
-        except (KeyError, OSError, ValueError, TypeError, RuntimeError) as e:
-            self.h5.close()
-            raise GalleryError(f"{self.path} is damaged ({type(e).__name__}: {_first_line(e)}); "
-                               f"{rebuild_hint(folder)}") from None
-
-    def _validate(self) -> None:
-        a = self.h5.attrs
-        folder = self.path.parent
-        if a.get("format") != FORMAT:
-            raise GalleryError(f"{self.path} is an HDF5 file but not a siamsearch gallery; {rebuild_hint(folder)}")
-        if int(a.get("format_version", 0)) > FORMAT_VERSION:
-            raise GalleryError(f"{self.path} was written by a newer siamsearch (format {a['format_version']}); "
-                               "upgrade siamsearch")
-        missing = [k for k in ROW_DATASETS + ("label_names", "skipped_paths", "skipped_reasons") if k not in self.h5]
-        if missing:
-            raise GalleryError(f"{self.path} is damaged (missing {', '.join(missing)}); {rebuild_hint(folder)}")
-        n, d = self.h5["embeddings"].shape
-        bad = [k for k in ROW_DATASETS[1:] if self.h5[k].shape != (n,)]
-        if bad or d != int(a["embedding_dim"]):
-            raise GalleryError(f"{self.path} is damaged (datasets {', '.join(bad) or 'embeddings'} disagree in "
-                               f"length or width); {rebuild_hint(folder)}")
-        for key in ("model_fingerprint", "model_config", "source_dir", "index_sha256", "generation"):
-            if key not in a:
-                raise GalleryError(f"{self.path} is damaged (attribute {key} missing); {rebuild_hint(folder)}")
-
-    def close(self) -> None:
-        self.h5.close()
-
-    def __enter__(self) -> "GalleryFile":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    path: Path
 
     @property
     def attrs(self) -> dict:
-        """The file attributes as plain Python values."""
-        return {k: (v.item() if hasattr(v, "item") else v) for k, v in self.h5.attrs.items()}
+        """Store attributes as plain values: model_fingerprint, model_config, source_dir, label_mode, ..."""
+        ...
 
     @property
-    def n_rows(self) -> int:
-        """Rows stored, deleted ones included."""
-        return int(self.h5["embeddings"].shape[0])
+    def n_rows(self) -> int: ...
 
     @property
-    def dim(self) -> int:
-        return int(self.h5["embeddings"].shape[1])
+    def dim(self) -> int: ...
 
     def deleted(self) -> np.ndarray:
-        """``[N]`` bool: rows whose file was removed or replaced (kept as tombstones until compaction)."""
-        return self.h5["deleted"][:].astype(bool)
+        """``[N]`` bool tombstones."""
+        ...
 
     def live_ids(self) -> np.ndarray:
-        """Row ids not deleted, ascending, int64."""
-        return np.flatnonzero(~self.deleted()).astype("int64")
+        """``[n_live]`` int64 ids of rows not deleted, ascending."""
+        ...
 
-    def relpaths(self) -> list:
-        return list(self.h5["paths"].asstr()[:])
+    def relpaths(self) -> list: ...
 
     def labels(self) -> np.ndarray:
-        return self.h5["labels"][:].astype("int64")
+        """``[N]`` int64 codes into :meth:`label_names` (-1 = none)."""
+        ...
 
-    def label_names(self) -> list:
-        return list(self.h5["label_names"].asstr()[:])
+    def label_names(self) -> list: ...
 
-    def sha256(self) -> list:
-        return [s.decode("ascii") for s in self.h5["content_sha256"][:]]
+    def sha256(self) -> list: ...
 
-    def mtime(self) -> np.ndarray:
-        return self.h5["mtime"][:]
+    def mtime(self) -> np.ndarray: ...
 
-    def size(self) -> np.ndarray:
-        return self.h5["size"][:]
+    def size(self) -> np.ndarray: ...
 
     def skipped(self) -> list:
-        """``[(relative path, reason)]`` of files that could not be read at the last build/update."""
-        return list(zip(self.h5["skipped_paths"].asstr()[:], self.h5["skipped_reasons"].asstr()[:]))
+        """``[(relative path, reason)]`` of files the last build/update could not read."""
+        ...
 
     def embeddings(self, ids: Optional[np.ndarray] = None) -> np.ndarray:
-        """Embeddings ``[m, d]`` float32 of row ``ids`` (any order, repeats allowed), or of all rows."""
-        ds = self.h5["embeddings"]
-        if ids is None:
-            return ds[:]
-        ids = np.asarray(ids, dtype="int64").reshape(-1)
-        if not len(ids):
-            return np.zeros((0, self.dim), dtype="float32")
-        if ids.min() < 0 or ids.max() >= self.n_rows:
-            raise GalleryError(f"row ids out of range 0..{self.n_rows - 1}")
-        uniq, inverse = np.unique(ids, return_inverse=True)
-        if len(uniq) > self.n_rows // 8:  # many rows: one sequential pass beats scattered reads
-            table = np.concatenate([ds[s:s + BLOCK_ROWS] for s in range(0, self.n_rows, BLOCK_ROWS)])[uniq]
-        else:
-            table = ds[uniq]
-        return table[inverse]
+        """``[m, d]`` float32 embeddings of rows ``ids`` (any order), or of all rows."""
+        ...
 
-    def source(self, ids: Optional[np.ndarray] = None) -> "H5Source":
-        """A :class:`~siamsearch.gallery.ann.VectorSource` over rows ``ids`` (default: live rows)."""
-        return H5Source(self, self.live_ids() if ids is None else np.asarray(ids, dtype="int64"))
+    def source(self, ids: Optional[np.ndarray] = None):
+        """A :class:`~siamsearch.gallery.ann.VectorSource` streaming rows ``ids`` (default: live rows)."""
+        ...
+
+    def close(self) -> None: ...
 
 
-class H5Source:
-    """Rows of a :class:`GalleryFile` streamed in blocks (a :class:`~siamsearch.gallery.ann.VectorSource`)."""
+def open_reader(folder: os.PathLike | str) -> GalleryReader:
+    """The row store of the gallery folder ``folder``, validated.
 
-    def __init__(self, file: GalleryFile, ids: np.ndarray):
-        self.file = file
-        self.ids = np.sort(ids)
-        self.dim = file.dim
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def blocks(self, rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        ds = self.file.h5["embeddings"]
-        rows = max(int(rows), 1)
-        for s in range(0, self.file.n_rows, rows):
-            lo, hi = np.searchsorted(self.ids, [s, s + rows])
-            if hi > lo:
-                want = self.ids[lo:hi]
-                yield want, ds[s:s + rows][want - s]
-
-    def sample(self, m: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        pick = np.sort(np.random.default_rng(seed).choice(len(self.ids), min(m, len(self.ids)), replace=False))
-        chosen = self.ids[pick]
-        parts = [x[np.isin(ids, chosen)] for ids, x in self.blocks(BLOCK_ROWS)]
-        return chosen, (np.concatenate(parts) if parts else np.zeros((0, self.dim), "float32"))
+    Raises:
+        GalleryError: no gallery there, or it is damaged (the message says how to rebuild).
+    """
+    return GalleryFile(Path(folder) / H5_NAME)
 
 
-# --------------------------------------------------------------------------- writing gallery.h5
+def has_store(folder: os.PathLike | str) -> bool:
+    """True when ``folder`` holds a committed row store (of any format)."""
+    return (Path(folder) / H5_NAME).exists()
 
 
-class GalleryWriter:
-    """Streams a complete new ``gallery.h5`` into ``path`` (a temporary name), block by block."""
-
-    def __init__(self, path: os.PathLike | str, dim: int, attrs: dict, expected_rows: int = CHUNK_ROWS):
-        self.path = os.fspath(path)
-        self.dim = int(dim)
-        self.n = 0
-        self.h5 = h5py.File(self.path, "w")
-        c = int(min(CHUNK_ROWS, max(64, expected_rows)))  # small galleries get small chunks
-        self.h5.create_dataset("embeddings", shape=(0, self.dim), maxshape=(None, self.dim), dtype="float32",
-                               chunks=(c, self.dim))
-        for name, dtype in (("ids", "int64"), ("paths", _STR), ("labels", "int64"), ("content_sha256", "S64"),
-                            ("mtime", "float64"), ("size", "int64"), ("deleted", "uint8")):
-            self.h5.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(c,))
-        for key, value in attrs.items():
-            self.h5.attrs[key] = value
-        self.h5.attrs["format"] = FORMAT
-        self.h5.attrs["format_version"] = FORMAT_VERSION
-        self.h5.attrs["embedding_dim"] = self.dim
-
-    def append(self, relpaths: Sequence[str], labels: np.ndarray, sha256: Sequence[str], mtime: np.ndarray,
-               size: np.ndarray, embeddings: np.ndarray, deleted: np.ndarray) -> np.ndarray:
-        """Append ``b`` rows; returns their row ids ``[b]``."""
-        b = len(relpaths)
-        if not b:
-            return np.zeros(0, dtype="int64")
-        lo, hi = self.n, self.n + b
-        values = {"embeddings": np.ascontiguousarray(embeddings, dtype="float32"),
-                  "ids": np.arange(lo, hi, dtype="int64"), "paths": list(relpaths),
-                  "labels": np.asarray(labels, dtype="int64"),
-                  "content_sha256": np.asarray([s.encode("ascii") for s in sha256], dtype="S64"),
-                  "mtime": np.asarray(mtime, dtype="float64"), "size": np.asarray(size, dtype="int64"),
-                  "deleted": np.asarray(deleted, dtype="uint8")}
-        for name, v in values.items():
-            ds = self.h5[name]
-            ds.resize(hi, axis=0)
-            ds[lo:hi] = v
-        self.n = hi
-        return values["ids"]
-
-    def finish(self, label_names: Sequence[str], skipped: Sequence[tuple], attrs: dict) -> None:
-        """Write the label names, the skipped files and the final attributes, then close."""
-        self.h5.create_dataset("label_names", data=list(label_names), dtype=_STR)
-        self.h5.create_dataset("skipped_paths", data=[p for p, _ in skipped], dtype=_STR)
-        self.h5.create_dataset("skipped_reasons", data=[r for _, r in skipped], dtype=_STR)
-        for key, value in attrs.items():
-            self.h5.attrs[key] = value
-        self.h5.close()
-
-    def abort(self) -> None:
-        try:
-            self.h5.close()
-        finally:
-            if os.path.exists(self.path):
-                os.unlink(self.path)
+def temp_store_path(folder: Path) -> str:
+    """A fresh temporary name for the next ``gallery.h5``, in the gallery folder."""
+    return str(folder / f".{H5_NAME}.{uuid.uuid4().hex[:8]}.tmp")
 
 
 # --------------------------------------------------------------------------- the journal
@@ -408,9 +254,7 @@ def commit(folder: Path, h5_tmp: str, ann: AnnIndex, manifest: dict, attrs: Opti
     with atomic_path(folder / INDEX_NAME) as index_tmp:
         ann.save(index_tmp)
         stamp = dict(attrs or {}, index_sha256=sha256_file(index_tmp), generation=uuid.uuid4().hex)
-        with h5py.File(h5_tmp, "a") as f:
-            for key, value in stamp.items():
-                f.attrs[key] = value
+        hdf5.stamp(h5_tmp, stamp)
         fsync_path(h5_tmp)
         # faiss.index is renamed when this block ends; gallery.h5 right after (the commit point).
     os.replace(h5_tmp, folder / H5_NAME)
@@ -433,11 +277,6 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def temp_h5_path(folder: Path) -> str:
-    """A fresh temporary name for the next ``gallery.h5``, in the gallery folder."""
-    return str(folder / f".{H5_NAME}.{uuid.uuid4().hex[:8]}.tmp")
-
-
 def clear_pending(folder: Path) -> None:
     """Drop the journal of an interrupted run (its rows will be embedded again)."""
     shutil.rmtree(Path(folder) / PENDING_NAME, ignore_errors=True)
@@ -450,16 +289,3 @@ def remove_stale_temps(folder: Path) -> None:
             p.unlink()
         except OSError:
             pass
-
-
-def read_manifest(folder: Path) -> dict:
-    """``manifest.json`` as a dict (empty when missing or unreadable: it is derived data)."""
-    try:
-        return json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__

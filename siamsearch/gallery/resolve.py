@@ -1,0 +1,54 @@
+"""Which model a gallery is built or searched with, and the one check that it is the gallery's model."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import FingerprintMismatch, SiamsearchError
+
+
+def is_embedder(obj: Any) -> bool:
+    """True for a loaded :class:`~siamsearch.core.embedder.Embedder` (or anything shaped like one)."""
+    return hasattr(obj, "fingerprint") and hasattr(obj, "embed_files")
+
+
+def load_embedder(model: Any, device: str):
+    """``model`` itself when it is an Embedder, else the checkpoint at path ``model`` loaded on ``device``."""
+    if is_embedder(model):
+        return model
+    if model is None:
+        raise SiamsearchError("a model is needed: give the checkpoint with --model MODEL.pt")
+    from ..core.embedder import load_model
+
+    return load_model(model, device=device)
+
+
+def check_gallery_model(folder: Path, attrs: dict, fingerprint: str, what: str, fix: str) -> None:
+    """Raise :class:`FingerprintMismatch` unless ``fingerprint`` is the model that built the gallery.
+
+    Args:
+        attrs: the gallery's attributes (``model_fingerprint``).
+        what: names the offered model in the message (e.g. "the given model").
+        fix: what the user should do, ending the message.
+    """
+    expected = str(attrs["model_fingerprint"])
+    if fingerprint != expected:
+        raise FingerprintMismatch(f"{folder} was built with model {expected}, but {what} is model {fingerprint}; "
+                                  f"{fix}")
+
+
+def rebuild_command(folder: Path, attrs: dict) -> str:
+    """The command line that rebuilds the gallery at ``folder`` with another model."""
+    return f"`siamsearch index build {attrs['source_dir']} --model MODEL.pt --out {folder} --overwrite`"
+
+
+def recorded_model(folder: Path, attrs: dict, device: str):
+    """The Embedder of the checkpoint recorded in a gallery, checked against its fingerprint."""
+    path = str(attrs.get("model_path", ""))
+    if not path or not Path(path).is_file():
+        raise SiamsearchError(f"the model that built {folder} ({path or 'no path recorded'}) is not "
+                              "available; pass it with --model (Gallery.open(path, model=...))")
+    embedder = load_embedder(path, device)
+    check_gallery_model(folder, attrs, embedder.fingerprint, f"{path} now",
+                        "pass the original checkpoint with --model, or rebuild with --overwrite")
+    return embedder
