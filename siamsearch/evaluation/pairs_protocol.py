@@ -386,7 +386,6 @@ def evaluate_pairs(
             genuine or impostor pairs left for the folds.
     """
     from ..core.embedder import Embedder, load_model
-    from .evaluate import _jsonable
 
     emb_model = model if isinstance(model, Embedder) else load_model(model, device=device)
     plist = pairs if isinstance(pairs, PairList) else read_pairs(pairs, images, format)
@@ -449,6 +448,19 @@ def evaluate_pairs(
         write_report(out, metrics, {"verification": curves, "dataset": _ImageList(images_list)})
         (out / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2) + "\n")
     return _jsonable(metrics)
+
+
+def _jsonable(x):
+    """numpy scalars/arrays -> Python values, non-finite floats -> None (recursively)."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
 
 
 def summary_rows(metrics: dict) -> list[tuple[str, str]]:
