@@ -1,8 +1,8 @@
-"""Every `siamsearch ...` command line shown in the README names a real command and real options.
+"""Every `siamsearch ...` command line shown in the README and docs/*.md names a real command and real options.
 
 The CLI examples' *behaviour* is covered by the command tests (which run the
-same commands on tiny data); this test keeps the README's syntax from
-drifting away from the code.
+same commands on tiny data); this test keeps the documentation's syntax from
+drifting away from the code, and its relative links from pointing nowhere.
 """
 import re
 import shlex
@@ -13,13 +13,15 @@ import pytest
 
 from siamsearch.cli import main
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def readme_command_lines() -> list[str]:
-    """Command lines inside the README's non-Python code blocks (`siamsearch ...` or `$ siamsearch ...`)."""
+def readme_command_lines(page: Path = README) -> list[str]:
+    """Command lines inside a page's non-Python code blocks (`siamsearch ...` or `$ siamsearch ...`)."""
     lines, in_block, lang = [], False, ""
-    for raw in README.read_text().splitlines():
+    for raw in page.read_text(encoding="utf-8").splitlines():
         if raw.startswith("```"):
             in_block, lang = (not in_block), raw[3:].strip()
             continue
@@ -44,16 +46,27 @@ def resolve(tokens: list[str]) -> tuple[click.Command, list[str]]:
 
 
 LINES = readme_command_lines()
+ALL_LINES = [(page.relative_to(ROOT).as_posix(), line) for page in PAGES for line in readme_command_lines(page)]
+COMMANDS = {"train", "calibrate", "verify", "query", "index", "evaluate", "data", "demo"}
+
+
+def _named(lines) -> set:
+    return {shlex.split(l.replace("[", " ").replace("]", " "))[1] for l in lines}
 
 
 def test_readme_has_command_examples():
+    """The front page shows one real example of every command."""
     assert len(LINES) >= 10
-    named = {shlex.split(l.replace("[", " ").replace("]", " "))[1] for l in LINES}
-    assert {"train", "calibrate", "verify", "query", "index", "evaluate", "data", "demo"} <= named
+    assert COMMANDS <= _named(LINES)
 
 
-@pytest.mark.parametrize("line", LINES)
-def test_readme_command_line_is_valid(line):
+def test_docs_pages_exist_and_show_commands():
+    assert len(PAGES) >= 8, "the reference pages in docs/ are missing"
+    assert COMMANDS <= _named(line for _, line in ALL_LINES)
+
+
+@pytest.mark.parametrize("page,line", ALL_LINES)
+def test_readme_command_line_is_valid(page, line):
     tokens = shlex.split(line.replace("[", " ").replace("]", " ").replace("|", " "))
     cmd, rest = resolve(tokens)
     if isinstance(cmd, click.Group):
@@ -63,4 +76,29 @@ def test_readme_command_line_is_valid(line):
     for tok in rest:
         if tok.startswith("-") and not re.fullmatch(r"-?\d+(\.\d+)?(e-?\d+)?", tok):
             name = tok.split("=")[0]
-            assert name in known, f"`{name}` is not an option of `siamsearch {cmd.name}` (README line: {line})"
+            assert name in known, f"`{name}` is not an option of `siamsearch {cmd.name}` ({page} line: {line})"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def _anchors(page: Path) -> set:
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+    return {_slug(m.group(1)) for m in re.finditer(r"^#+\s+(.*)$", text, re.M)}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_relative_links_point_somewhere(page):
+    """Every relative link of README.md and docs/*.md names an existing file (and heading, if it has a #part)."""
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+://|mailto:", target):
+            continue
+        path, _, anchor = target.partition("#")
+        dest = (page.parent / path).resolve() if path else page
+        assert dest.exists(), f"{page.name}: link to {target} names no file"
+        if anchor and dest.suffix == ".md":
+            assert anchor in _anchors(dest), f"{page.name}: link to {target} names no heading of {dest.name}"
