@@ -6,18 +6,17 @@ object the indexer, the query layer, calibration and evaluation all use.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .config import ModelConfig
 from .distance import pair_distances
 from .errors import SiamsearchError, UnreadableImage
 from .images import ImageLike, read_image
+from .inference import EmbeddedBatch, InferenceRunner, should_compile, stream_embeddings
 from .model import EmbeddingNet
 from .preprocess import build_transform
 
@@ -35,44 +34,24 @@ def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
     return torch.device(device)
 
 
-@dataclass(frozen=True)
-class EmbeddedBatch:
-    """One batch from :meth:`Embedder.embed_files`.
+class _Pick:
+    """``i -> items[i]`` (paths, PIL images or arrays; the transform reads them)."""
 
-    Attributes:
-        positions: ``[b]`` int64 positions of the embedded files in the input list.
-        embeddings: ``[b, d]`` float32, L2-normalised.
-        failures: ``(position, reason)`` for files of this batch that could not be read.
-    """
+    def __init__(self, items: Sequence):
+        self.items = items
 
-    positions: np.ndarray
-    embeddings: np.ndarray
-    failures: list
+    def __call__(self, i: int):
+        return self.items[i]
 
 
-class _Files(Dataset):
-    def __init__(self, paths: Sequence, transform):
-        self.paths = paths
-        self.transform = transform
+class _ReadFile:
+    """``i -> PIL image`` of ``paths[i]`` (picklable, for decoding workers)."""
 
-    def __len__(self) -> int:
-        return len(self.paths)
+    def __init__(self, paths: Sequence):
+        self.paths = list(paths)
 
-    def __getitem__(self, i: int):
-        try:
-            return i, self.transform(read_image(self.paths[i]))
-        except UnreadableImage as e:
-            return i, e.reason
-        except Exception as e:  # a decoder bug on one file must not stop a long run
-            return i, f"cannot preprocess ({type(e).__name__}: {e})"
-
-
-def _collate(items):
-    ok = [(i, x) for i, x in items if isinstance(x, torch.Tensor)]
-    failures = [(i, x) for i, x in items if not isinstance(x, torch.Tensor)]
-    positions = torch.tensor([i for i, _ in ok], dtype=torch.int64)
-    batch = torch.stack([x for _, x in ok]) if ok else None
-    return positions, batch, failures
+    def __call__(self, i: int):
+        return read_image(self.paths[i])
 
 
 def _is_single_image(x) -> bool:
@@ -97,15 +76,6 @@ def _fold_batchnorm(net: torch.nn.Module) -> torch.nn.Module:
     return net
 
 
-def _decode_worker_init(worker_id: int) -> None:
-    """Decoding workers run at lower CPU priority: on a machine with few cores they fill the time the
-    model's threads leave idle instead of pre-empting them in the middle of a parallel region."""
-    try:
-        os.nice(5)
-    except (AttributeError, OSError):  # not POSIX, or not permitted: keep the default priority
-        pass
-
-
 class Embedder:
     """A trained :class:`EmbeddingNet` with its config, card and calibration.
 
@@ -116,12 +86,15 @@ class Embedder:
         calibration: the stored calibration record, or ``None``.
         path: the checkpoint file it came from (``None`` when built in memory).
         device: where the network runs.
+        precision: the resolved inference precision, ``fp32``, ``bf16`` or ``fp16``
+            (see :mod:`siamsearch.core.inference`).
         transform: the eval preprocessing, ``image -> [C, S, S]`` tensor.
         dim: the embedding's length ``d`` (``config.embedding_dim``, or the
             backbone's feature size when ``config.embed_from == "backbone"``).
     """
 
-    def __init__(self, checkpoint: Checkpoint, path: Optional[str] = None, device: Union[str, torch.device] = "auto"):
+    def __init__(self, checkpoint: Checkpoint, path: Optional[str] = None, device: Union[str, torch.device] = "auto",
+                 precision: str = "auto", compile: Union[bool, str] = "auto"):
         self.config: ModelConfig = checkpoint.config
         self.fingerprint: str = checkpoint.fingerprint
         self.card: dict = checkpoint.card
@@ -137,19 +110,20 @@ class Embedder:
         # Inference only: BatchNorm folded into the convolutions, channels_last memory format (faster with
         # oneDNN on CPU and tensor cores on CUDA); outputs equal the plain network's to ~1e-6.
         self.net = _fold_batchnorm(net.eval()).to(self.device).to(memory_format=torch.channels_last)
+        self.runner = InferenceRunner(self.net, self.device, precision)
+        self.compile = compile
+        should_compile(compile, 0)  # checks the value now
         self.transform = build_transform(self.config, train=False)
+
+    @property
+    def precision(self) -> str:
+        """The resolved inference precision: ``fp32``, ``bf16`` or ``fp16``."""
+        return self.runner.precision
 
     # --- embedding -------------------------------------------------------
     def embed_tensor(self, x: torch.Tensor) -> np.ndarray:
-        """Preprocessed batch ``[B, C, S, S]`` -> embeddings ``[B, d]`` float32."""
-        with torch.inference_mode():
-            x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            if self.device.type == "cuda":
-                with torch.autocast("cuda", dtype=torch.float16):
-                    out = self.net(x)
-            else:
-                out = self.net(x)
-            return out.float().cpu().numpy()
+        """Preprocessed batch ``[B, C, S, S]`` -> embeddings ``[B, d]`` float32, L2-normalised."""
+        return self.runner(x)
 
     def embed(self, images: Union[ImageLike, Sequence[ImageLike]], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """Embed images given as file paths, PIL images or arrays.
@@ -166,15 +140,26 @@ class Embedder:
         """
         items = [images] if _is_single_image(images) else list(images)
         out = np.zeros((len(items), self.dim), dtype=np.float32)
-        rng = range(0, len(items), batch_size)
-        if progress:
-            from tqdm import tqdm
-
-            rng = tqdm(rng, desc="embedding", unit="batch")
-        for start in rng:
-            chunk = items[start : start + batch_size]
-            out[start : start + len(chunk)] = self.embed_tensor(torch.stack([self.transform(im) for im in chunk]))
+        for batch in self.embed_items(len(items), _Pick(items), batch_size=batch_size, progress=progress):
+            if batch.failures:  # preprocess the first bad item again here, to raise its own error
+                i, reason = batch.failures[0]
+                self.transform(items[i])
+                raise UnreadableImage(str(items[i]) if isinstance(items[i], (str, os.PathLike)) else f"image {i}",
+                                      reason)
+            out[batch.positions] = batch.embeddings
         return out
+
+    def embed_items(self, n: int, load: Callable, batch_size: int = 64, workers: int = 0,
+                    progress: bool = False) -> Iterator[EmbeddedBatch]:
+        """Stream embeddings of items ``0..n-1`` read by ``load(i) -> image`` (e.g. a dataset's ``load``).
+
+        The same loop as :meth:`embed_files` (:func:`stream_embeddings`); unreadable items are
+        reported in each batch's ``failures``. ``load`` must be picklable when ``workers > 0``.
+        """
+        if should_compile(self.compile, n):
+            self.runner.compile()
+        yield from stream_embeddings(self.runner, n, load, self.transform, self.dim, batch_size=batch_size,
+                                     workers=workers, pin_memory=self.device.type == "cuda", progress=progress)
 
     def embed_files(
         self, paths: Sequence, batch_size: int = 64, workers: int = 0, progress: bool = False
@@ -189,23 +174,9 @@ class Embedder:
             batch_size: images per forward pass.
             workers: DataLoader worker processes decoding images in parallel.
         """
-        loader = DataLoader(
-            _Files(list(paths), self.transform), batch_size=batch_size, shuffle=False, num_workers=workers,
-            collate_fn=_collate, pin_memory=self.device.type == "cuda", persistent_workers=False,
-            prefetch_factor=4 if workers > 0 else None, worker_init_fn=_decode_worker_init,
-        )
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(paths), desc="embedding", unit="img")
-        for positions, batch, failures in loader:
-            emb = self.embed_tensor(batch) if batch is not None else np.zeros((0, self.dim), np.float32)
-            if bar is not None:
-                bar.update(len(positions) + len(failures))
-            yield EmbeddedBatch(positions.numpy(), emb, list(failures))
-        if bar is not None:
-            bar.close()
+        paths = list(paths)
+        yield from self.embed_items(len(paths), _ReadFile(paths), batch_size=batch_size, workers=workers,
+                                    progress=progress)
 
     def distance(self, a: ImageLike, b: ImageLike) -> float:
         """Euclidean distance in [0, 2] between the embeddings of two images."""
@@ -213,10 +184,17 @@ class Embedder:
         return float(pair_distances(e[:1], e[1:])[0])
 
 
-def load_model(path: Union[str, os.PathLike], device: Union[str, torch.device] = "auto") -> Embedder:
+def load_model(path: Union[str, os.PathLike], device: Union[str, torch.device] = "auto",
+               precision: str = "auto", compile: Union[bool, str] = "auto") -> Embedder:
     """Load a checkpoint written by :func:`siamsearch.train` (weights-only, verified).
+
+    Args:
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        precision: ``auto|fp32|bf16|fp16`` (see :mod:`siamsearch.core.inference`).
+        compile: ``torch.compile`` the network: ``True``, ``False`` or ``"auto"`` (only for jobs of
+            at least :data:`~siamsearch.core.inference.COMPILE_MIN_IMAGES` images).
 
     Returns:
         An :class:`Embedder`; ``embed(images) -> [N, d]`` float32 L2-normalised.
     """
-    return Embedder(load_checkpoint(path), path=path, device=device)
+    return Embedder(load_checkpoint(path), path=path, device=device, precision=precision, compile=compile)

@@ -30,7 +30,7 @@ import numpy as np
 
 from .._version import __version__
 from ..core.distance import pair_distances
-from ..core.errors import SiamsearchError, UnreadableImage
+from ..core.errors import SiamsearchError
 from ..metrics import identification as ident
 from ..metrics import oneshot as oneshot_mod
 from ..metrics import verification as verif
@@ -71,39 +71,19 @@ def _default_split(data: PathLike, format: str) -> Optional[str]:
 
 
 def embed_dataset(model, ds, batch_size: int = 128, progress: bool = False) -> tuple[np.ndarray, np.ndarray, list]:
-    """Embed every readable image of ``ds`` in batches.
+    """Embed every readable image of ``ds`` in batches (:meth:`Embedder.embed_items`, the one embedding loop).
 
     Returns:
         ``(embeddings [M, d] float32, kept [M] int64 dataset indices, failures [(index, source, reason)])``.
     """
-    import torch
-
-    n = len(ds)
     embs, kept, failures = [], [], []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=n, desc="embedding", unit="img", leave=False)
-    for start in range(0, n, batch_size):
-        tensors, idx = [], []
-        for i in range(start, min(n, start + batch_size)):
-            try:
-                tensors.append(model.transform(ds.load(i)))
-                idx.append(i)
-            except UnreadableImage as e:
-                failures.append((i, ds.source(i), e.reason))
-        if tensors:
-            embs.append(model.embed_tensor(torch.stack(tensors)))
-            kept.extend(idx)
-        if bar is not None:
-            bar.update(min(n, start + batch_size) - start)
-    if bar is not None:
-        bar.close()
-    d = model.dim
+    for batch in model.embed_items(len(ds), ds.load, batch_size=batch_size, progress=progress):
+        embs.append(batch.embeddings)
+        kept.append(batch.positions)
+        failures += [(int(i), ds.source(int(i)), reason) for i, reason in batch.failures]
     return (
-        np.concatenate(embs) if embs else np.zeros((0, d), np.float32),
-        np.asarray(kept, dtype=np.int64),
+        np.concatenate(embs) if embs else np.zeros((0, model.dim), np.float32),
+        np.concatenate(kept).astype(np.int64) if kept else np.zeros(0, np.int64),
         failures,
     )
 

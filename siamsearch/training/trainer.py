@@ -32,6 +32,7 @@ from ..data.samplers import MPerClassBatchSampler, PairDataset, sample_pairs
 from ..data.splits import split_by_identity
 from ..core.distance import pair_distances
 from ..core.embedder import resolve_device
+from ..core.inference import InferenceRunner, stream_embeddings
 from ..core.errors import SiamsearchError
 from .losses import LOSSES, check_mining, make_loss
 from ..metrics.identification import precision_at_1
@@ -93,16 +94,13 @@ def _versions() -> dict:
 def _validate(net: EmbeddingNet, ds: ImageDataset, device: torch.device, seed: int, n_pairs: int, batch_size: int) -> dict:
     """Embed the validation images; ROC-AUC on seeded pairs and precision@1 (leave-one-out)."""
     net.eval()
-    loader = DataLoader(ds, batch_size=max(batch_size, 128), shuffle=False, collate_fn=collate_skip_none)
+    runner = InferenceRunner(net, device, precision="fp32", channels_last=False)  # checkpoint choice: fp32
     embs, ids = [], []
-    with torch.inference_mode():
-        for batch in loader:
-            if batch is None:  # every image of this batch was unreadable (already warned)
-                continue
-            x, y = batch
-            embs.append(net(x.to(device)).float().cpu().numpy())
-            ids.append(np.asarray(y))
-    if not embs:
+    for batch in stream_embeddings(runner, len(ds), ds.load, ds.transform, net.output_dim,
+                                   batch_size=max(batch_size, 128)):
+        embs.append(batch.embeddings)
+        ids.append(ds.identities[batch.positions])
+    if not sum(len(e) for e in embs):
         raise SiamsearchError("no validation image could be read; run `siamsearch data check` on the dataset")
     emb, ids = np.concatenate(embs), np.concatenate(ids)
     a, b, is_same = sample_pairs(ids, n_pairs, seed=seed)

@@ -1,0 +1,275 @@
+"""Running a network for inference: precision, memory format, compilation, and THE embedding loop.
+
+Every embedding in siamsearch goes through :func:`stream_embeddings` (index build
+and update, queries, verification CSVs, evaluation, calibration, the trainer's
+validation) with an :class:`InferenceRunner` doing the forward pass.
+
+Precision (``--precision``):
+
+* ``fp32``: plain float32.
+* ``bf16``: bfloat16 autocast (convolutions and matrix products in bf16,
+  accumulation and normalisation in fp32). Fast where the CPU has native bf16
+  instructions (AVX512-BF16 / AMX on x86, the BF16 extension on Arm) and on
+  recent GPUs; emulated (slow) elsewhere.
+* ``fp16``: float16 autocast; the usual choice on CUDA GPUs without bf16.
+* ``auto``: CUDA -> bf16 where the GPU supports it, else fp16; CPU -> bf16
+  where the CPU has native bf16 (:func:`cpu_has_native_bf16`), else fp32.
+
+Reduced precision changes embeddings by about 1e-3 in cosine (bf16 keeps 8
+mantissa bits); the tests check cosine to fp32 >= 0.999 and the same nearest
+neighbour for >= 99.5 % of queries, so a gallery embedded in one precision is
+searched correctly with queries embedded in another.
+
+``torch.compile`` is used only for jobs of at least :data:`COMPILE_MIN_IMAGES`
+images (see there for why) and falls back to eager mode when compiling fails.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import SiamsearchError, UnreadableImage
+
+#: Precisions accepted by ``--precision`` and the API.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+#: ``compile="auto"`` compiles the network for jobs of at least this many images. Compiling costs
+#: 20-60 s of CPU time on a small CNN with 2 cores (measured: see docs/speed.md) and saves roughly half of
+#: the eager bf16 forward time; at the ~1,000-3,000 images/s of the eager bf16 path that is about
+#: 0.2-0.5 ms per image, so compiling repays itself from roughly 100,000 images (an index build of a large
+#: folder), never for a query or a verification. Below the threshold eager mode is used.
+COMPILE_MIN_IMAGES = 100_000
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU executes bf16 arithmetic natively (x86 AVX512-BF16 or AMX-BF16; Arm BF16).
+
+    Read from ``/proc/cpuinfo`` flags on Linux; ``False`` where that cannot be read. The environment
+    variable ``SIAMSEARCH_CPU_BF16=0/1`` overrides the detection.
+    """
+    env = os.environ.get("SIAMSEARCH_CPU_BF16")
+    if env in ("0", "1"):
+        return env == "1"
+    return _cpuinfo_bf16()
+
+
+@functools.lru_cache(maxsize=1)
+def _cpuinfo_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read(1 << 20)
+    except OSError:
+        return False
+    flags: set = set()
+    for line in text.splitlines():
+        key = line.split(":", 1)[0].strip().lower()
+        if key in ("flags", "features"):
+            flags.update(line.split(":", 1)[1].split())
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return "bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto|fp32|bf16|fp16`` -> the concrete precision (``fp32``, ``bf16`` or ``fp16``) for ``device``.
+
+    Raises:
+        SiamsearchError: for an unknown name.
+    """
+    p = (precision or "auto").lower()
+    if p not in PRECISIONS:
+        raise SiamsearchError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if p != "auto":
+        return p
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+class InferenceRunner:
+    """``runner(x [B, C, H, W]) -> [B, d]`` float32 unit rows: ``net`` in inference mode.
+
+    Args:
+        net: the network (not modified, except by ``compile``: a compiled wrapper is kept beside it).
+        device: where ``net`` lives.
+        precision: ``auto|fp32|bf16|fp16`` (see the module docstring).
+        channels_last: feed inputs in channels-last memory format (faster with oneDNN and tensor cores).
+
+    Attributes:
+        precision: the resolved precision (``fp32``, ``bf16`` or ``fp16``).
+        compiled: whether the forward pass now runs a ``torch.compile``'d network.
+    """
+
+    def __init__(self, net: torch.nn.Module, device: torch.device, precision: str = "auto",
+                 channels_last: bool = True):
+        self.net = net
+        self.device = device
+        self.precision = resolve_precision(precision, device)
+        self.channels_last = channels_last
+        self.compiled = False
+        self.compile_note: Optional[str] = None
+        self._fn: Callable = net
+
+    def compile(self) -> bool:
+        """Switch to a ``torch.compile``'d forward; falls back to eager (with a warning) on any failure.
+
+        Returns:
+            whether the compiled forward is now in use.
+        """
+        if self.compiled:
+            return True
+        try:
+            fn = torch.compile(self.net, dynamic=True)
+            self._fn = fn
+            self.compiled = True
+            self.compile_note = "compiling on first batch"
+        except Exception as e:  # no compiler, unsupported platform...
+            self.compile_note = f"torch.compile unavailable ({type(e).__name__}); eager mode"
+        return self.compiled
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = _DTYPES.get(self.precision)
+        if dtype is None:
+            return self._fn(x)
+        with torch.autocast(self.device.type, dtype=dtype):
+            return self._fn(x)
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        """Preprocessed batch ``[B, C, H, W]`` -> embeddings ``[B, d]`` float32, L2-normalised."""
+        with torch.inference_mode():
+            x = x.to(self.device, non_blocking=True)
+            if self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            try:
+                out = self._forward(x)
+            except Exception as e:
+                if not self.compiled:
+                    raise
+                # compilation happens lazily on the first call: any failure there falls back to eager
+                first = (str(e).strip().splitlines() or [""])[0][:200]
+                warnings.warn(f"torch.compile failed ({type(e).__name__}: {first}); continuing in eager mode",
+                              RuntimeWarning, stacklevel=2)
+                self._fn, self.compiled = self.net, False
+                self.compile_note = f"compile failed ({type(e).__name__}); eager mode"
+                out = self._forward(x)
+            out = out.float()
+            if self.precision != "fp32":  # normalise again in fp32 (the net's own normalisation may run in bf16)
+                out = F.normalize(out, dim=1)
+            return out.cpu().numpy()
+
+
+def should_compile(compile: Union[bool, str], n_images: int) -> bool:
+    """``compile`` is ``True``, ``False`` or ``"auto"`` (= at least :data:`COMPILE_MIN_IMAGES` images)."""
+    if isinstance(compile, str):
+        if compile != "auto":
+            raise SiamsearchError(f"compile must be True, False or 'auto', got {compile!r}")
+        return n_images >= COMPILE_MIN_IMAGES
+    return bool(compile)
+
+
+# --------------------------------------------------------------------------- the embedding loop
+
+
+@dataclass(frozen=True)
+class EmbeddedBatch:
+    """One batch from :func:`stream_embeddings`.
+
+    Attributes:
+        positions: ``[b]`` int64 positions of the embedded items in the input.
+        embeddings: ``[b, d]`` float32, L2-normalised.
+        failures: ``(position, reason)`` for items of this batch that could not be read.
+    """
+
+    positions: np.ndarray
+    embeddings: np.ndarray
+    failures: list
+
+
+class _Items(Dataset):
+    """Item ``i`` is ``(i, transform(load(i)))``, or ``(i, reason)`` when it cannot be read."""
+
+    def __init__(self, n: int, load: Callable, transform: Callable):
+        self.n, self.load, self.transform = int(n), load, transform
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        try:
+            return i, self.transform(self.load(i))
+        except UnreadableImage as e:
+            return i, e.reason
+        except Exception as e:  # a decoder bug on one file must not stop a long run
+            return i, f"cannot preprocess ({type(e).__name__}: {e})"
+
+
+def _collate(items):
+    ok = [(i, x) for i, x in items if isinstance(x, torch.Tensor)]
+    failures = [(i, x) for i, x in items if not isinstance(x, torch.Tensor)]
+    positions = torch.tensor([i for i, _ in ok], dtype=torch.int64)
+    batch = torch.stack([x for _, x in ok]) if ok else None
+    return positions, batch, failures
+
+
+def _decode_worker_init(worker_id: int) -> None:
+    """Decoding workers run at lower CPU priority: on a machine with few cores they fill the time the
+    model's threads leave idle instead of pre-empting them in the middle of a parallel region."""
+    torch.set_num_threads(1)  # a worker decodes one image at a time; no intra-op threads to fight the model's
+    try:
+        os.nice(5)
+    except (AttributeError, OSError):  # not POSIX, or not permitted: keep the default priority
+        pass
+
+
+def stream_embeddings(forward: Callable[[torch.Tensor], np.ndarray], n: int, load: Callable, transform: Callable,
+                      dim: int, batch_size: int = 64, workers: int = 0, pin_memory: bool = False,
+                      progress: bool = False) -> Iterator[EmbeddedBatch]:
+    """Embed items ``0..n-1`` in input order, in batches: the one embedding loop of siamsearch.
+
+    Unreadable items never raise: they are reported in each batch's ``failures`` with
+    their reason. Memory is bounded by the batch size (and ``workers`` prefetched batches).
+
+    Args:
+        forward: preprocessed batch ``[b, C, H, W]`` -> embeddings ``[b, dim]`` float32
+            (an :class:`InferenceRunner`).
+        n: number of items.
+        load: ``i -> image`` (PIL image or array); raises :class:`UnreadableImage` for a bad item.
+            Must be picklable when ``workers > 0``.
+        transform: ``image -> [C, H, W]`` tensor.
+        dim: the embedding length (for empty batches).
+        batch_size: items per forward pass.
+        workers: DataLoader worker processes decoding in parallel (0: decode in this process).
+        pin_memory: pin batches (CUDA).
+        progress: a tqdm bar on stderr.
+    """
+    if batch_size < 1:
+        raise SiamsearchError(f"batch size must be at least 1, got {batch_size}")
+    loader = DataLoader(
+        _Items(n, load, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
+        collate_fn=_collate, pin_memory=pin_memory, persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None, worker_init_fn=_decode_worker_init if workers > 0 else None,
+    )
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, desc="embedding", unit="img", leave=False)
+    try:
+        for positions, batch, failures in loader:
+            emb = forward(batch) if batch is not None else np.zeros((0, dim), np.float32)
+            if bar is not None:
+                bar.update(len(positions) + len(failures))
+            yield EmbeddedBatch(positions.numpy(), emb, list(failures))
+    finally:
+        if bar is not None:
+            bar.close()

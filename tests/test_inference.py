@@ -1,0 +1,129 @@
+"""Inference precision, compile fallback and the one embedding loop (siamsearch.core.inference)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from siamsearch.core.checkpoint import load_checkpoint, save_checkpoint
+from siamsearch.core.config import ModelConfig
+from siamsearch.core.embedder import Embedder
+from siamsearch.core.errors import SiamsearchError
+from siamsearch.core.inference import (COMPILE_MIN_IMAGES, InferenceRunner, cpu_has_native_bf16, resolve_precision,
+                                       should_compile, stream_embeddings)
+
+
+def _images(n: int, size: int = 32, seed: int = 0, identities: int = 50) -> list:
+    """Grey uint8 images: a blob per identity (seeded position and width) plus noise per image."""
+    rng = np.random.default_rng(seed)
+    centres = rng.integers(6, size - 6, size=(identities, 2))
+    widths = rng.uniform(6, 30, size=identities)
+    yy, xx = np.mgrid[:size, :size]
+    out = []
+    for i in range(n):
+        k = i % identities
+        img = 255 * np.exp(-((yy - centres[k, 0]) ** 2 + (xx - centres[k, 1]) ** 2) / widths[k])
+        out.append(np.clip(img + rng.normal(0, 25, (size, size)), 0, 255).astype(np.uint8))
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    from siamsearch.core.model import EmbeddingNet
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(input_size=32, embedding_dim=64)
+    path = tmp_path_factory.mktemp("m") / "m.pt"
+    save_checkpoint(path, cfg, EmbeddingNet(cfg).state_dict(), {"note": "untrained"})
+    return path
+
+
+def test_resolve_precision(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("SIAMSEARCH_CPU_BF16", "1")
+    assert cpu_has_native_bf16() and resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setenv("SIAMSEARCH_CPU_BF16", "0")
+    assert not cpu_has_native_bf16() and resolve_precision("auto", cpu) == "fp32"
+    for p in ("fp32", "bf16", "fp16"):
+        assert resolve_precision(p.upper(), cpu) == p
+    with pytest.raises(SiamsearchError, match="unknown precision"):
+        resolve_precision("int8", cpu)
+
+
+def test_compile_threshold():
+    assert not should_compile("auto", COMPILE_MIN_IMAGES - 1) and should_compile("auto", COMPILE_MIN_IMAGES)
+    assert should_compile(True, 1) and not should_compile(False, 10**9)
+    with pytest.raises(SiamsearchError):
+        should_compile("always", 1)
+
+
+def test_bf16_embeddings_agree_with_fp32(model_path):
+    """Issue 14 accuracy bar: cosine >= 0.999, same nearest neighbour for >= 99.5 % of queries (a bf16
+    gallery searched with fp32 queries and the reverse), verification decisions unchanged away from
+    the threshold."""
+    ck = load_checkpoint(model_path)
+    fp32 = Embedder(ck, device="cpu", precision="fp32")
+    bf16 = Embedder(ck, device="cpu", precision="bf16")
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    gallery = _images(600, seed=1, identities=600)  # 600 distinct images
+    rng = np.random.default_rng(3)
+    queries = [np.clip(g + rng.normal(0, 12, g.shape), 0, 255).astype(np.uint8) for g in gallery[:400]]
+    g32, g16 = fp32.embed(gallery, batch_size=128), bf16.embed(gallery, batch_size=128)
+    q32, q16 = fp32.embed(queries, batch_size=128), bf16.embed(queries, batch_size=128)
+    assert np.allclose(np.linalg.norm(g16, axis=1), 1.0, atol=1e-5)
+    cos = np.r_[(g32 * g16).sum(1), (q32 * q16).sum(1)]
+    assert cos.min() >= 0.999, cos.min()
+
+    def nn(q, g):  # independent brute force
+        return np.argmin(((q[:, None, :].astype(np.float64) - g[None].astype(np.float64)) ** 2).sum(-1), axis=1)
+
+    ref = nn(q32, g32)
+    for q, g in ((q32, g16), (q16, g32), (q16, g16)):
+        assert np.mean(nn(q, g) == ref) >= 0.995
+    # verification: genuine pairs (query i, its gallery image) and impostors (query i, gallery i + 7);
+    # threshold at the median fp32 distance; "away" = farther from it than 5 % of that distance
+    other = (np.arange(400) + 7) % 600
+    d32 = np.r_[np.linalg.norm(q32 - g32[:400], axis=1), np.linalg.norm(q32 - g32[other], axis=1)]
+    d16 = np.r_[np.linalg.norm(q16 - g32[:400], axis=1), np.linalg.norm(q16 - g32[other], axis=1)]
+    thr = float(np.median(d32))
+    away = np.abs(d32 - thr) > 0.05 * thr
+    assert away.mean() > 0.5
+    assert np.array_equal((d32 <= thr)[away], (d16 <= thr)[away])
+
+
+def test_compile_failure_falls_back_to_eager(model_path, monkeypatch):
+    ck = load_checkpoint(model_path)
+    emb = Embedder(ck, device="cpu", precision="fp32", compile=False)
+    x = torch.stack([emb.transform(im) for im in _images(4)])
+    ref = emb.embed_tensor(x)
+
+    def broken(net, **kw):
+        def fn(x):
+            raise RuntimeError("no compiler here")
+        return fn
+
+    monkeypatch.setattr(torch, "compile", broken)
+    runner = InferenceRunner(emb.net, emb.device, "fp32")
+    assert runner.compile()
+    with pytest.warns(RuntimeWarning, match="eager"):
+        out = runner(x)
+    assert not runner.compiled and np.allclose(out, ref, atol=1e-6)
+
+
+def test_stream_reports_failures_in_order(model_path):
+    ck = load_checkpoint(model_path)
+    emb = Embedder(ck, device="cpu", precision="fp32")
+    ims = _images(7)
+
+    def load(i):
+        if i == 3:
+            from siamsearch.core.errors import UnreadableImage
+            raise UnreadableImage(f"item{i}", "corrupt (test)")
+        return ims[i]
+
+    batches = list(stream_embeddings(emb.runner, 7, load, emb.transform, emb.dim, batch_size=3))
+    pos = np.concatenate([b.positions for b in batches])
+    assert pos.tolist() == [0, 1, 2, 4, 5, 6]
+    assert [f for b in batches for f in b.failures] == [(3, "corrupt (test)")]
+    ref = emb.embed([ims[i] for i in pos])
+    assert np.allclose(np.concatenate([b.embeddings for b in batches]), ref, atol=1e-6)
