@@ -94,7 +94,8 @@ def best_qps(fn, nq: int, repeats: int) -> tuple[float, object]:
 def run_variant(name: str, n: int, dim: int, nq: int, factory: str, seed: int) -> dict:
     import faiss
 
-    from siamsearch.gallery.ann import ArraySource, build_index, recall_at_k
+    from siamsearch.gallery.ann import ArraySource, build_index
+    from siamsearch.metrics.knn import knn_recall_at_k
 
     spread, noise = VARIANTS[name]
     t = time.perf_counter()
@@ -120,7 +121,7 @@ def run_variant(name: str, n: int, dim: int, nq: int, factory: str, seed: int) -
     qps, (dist, found) = best_qps(lambda: ann.search(xq, 10), nq, 2)
     exact_qps = max(exact_qps, best_qps(lambda: flat.search(xq, 10), nq, 1)[0])
     qps = max(qps, best_qps(lambda: ann.search(xq, 10), nq, 2)[0])
-    recall = recall_at_k(found, truth)
+    recall = knn_recall_at_k(found, truth)
     ratio = qps / exact_qps
     print(f"[{name}] {ann.factory}: recall@10 {recall:.4f}, {qps:.0f} queries/s = {ratio:.1f}x exact "
           f"(targets >= {TARGET_RECALL} at >= {TARGET_SPEEDUP:.0f}x)", flush=True)

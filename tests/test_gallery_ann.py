@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from siamsearch.core.errors import SiamsearchError
-from siamsearch.gallery.ann import EXACT_BUDGET, AnnIndex, ArraySource, build_index, choose_factory, exact_knn, recall_at_k, resolve_factory
+from siamsearch.gallery.ann import EXACT_BUDGET, AnnIndex, ArraySource, build_index, choose_factory, resolve_factory
+from siamsearch.metrics.knn import exact_knn, knn_recall_at_k
 
 
 def clustered(n, d=32, clusters=40, seed=0):
@@ -63,7 +64,7 @@ def test_search_matches_exact_flat(data, factory):
         np.testing.assert_allclose(dist, ref_d, atol=1e-4)
     else:
         # lossy codes (PQ) cap recall; exact-vector types must be close to exact search
-        assert recall_at_k(found, ref_i) >= (0.6 if "PQ" in factory else 0.9)
+        assert knn_recall_at_k(found, ref_i) >= (0.6 if "PQ" in factory else 0.9)
         # distances are true Euclidean distances of the returned ids, whatever the codes
         true = np.linalg.norm(np.stack([[vectors[j] for j in row] for row in found]) - q[:, None], axis=2)
         np.testing.assert_allclose(dist, true, atol=1e-4)
@@ -78,7 +79,7 @@ def test_tuning_records_parameter_and_reaches_target(data, factory):
     assert ann.params[name] >= 1 and ann.params["tuned_recall_at_10"] >= 0.97
     assert ann.meta["params"][name] == ann.params[name]
     _, found = ann.search(q, 10)
-    assert recall_at_k(found, exact(x, ids, q, 10)[1]) >= 0.9
+    assert knn_recall_at_k(found, exact(x, ids, q, 10)[1]) >= 0.9
 
 
 @pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF32,Flat"])
@@ -94,7 +95,7 @@ def test_remove_every_type(data, factory, tmp_path):
     _, found = ann.search(q, 10)
     assert not set(found.ravel().tolist()) & set(gone.tolist())
     ref = exact(x[keep], ids[keep], q, 10)[1]
-    assert recall_at_k(found, ref) >= (1.0 if factory == "Flat" else 0.9)
+    assert knn_recall_at_k(found, ref) >= (1.0 if factory == "Flat" else 0.9)
     if factory.startswith("HNSW"):
         assert ann.needs_rebuild  # a third tombstoned > REBUILD_SHARE
         ann.save(tmp_path / "x.index")
@@ -150,7 +151,7 @@ def test_boundary_checks(data):
 
 def test_exact_knn_streams_blocks(data):
     x, ids, q = data
-    d2, found = exact_knn(ArraySource(x, ids), q, 7, block_rows=128)
+    d2, found = exact_knn(q, ArraySource(x, ids).blocks(128), 7)
     ref_d, ref_i = exact(x, ids, q, 7)
     np.testing.assert_array_equal(found, ref_i)
     np.testing.assert_allclose(np.sqrt(np.clip(d2, 0, None)), ref_d, atol=1e-4)

@@ -4,7 +4,8 @@ Pure numpy / scikit-learn / Faiss; no model or dataset code. Scores are Euclidea
 distances (smaller = more alike); the decision rule everywhere is
 ``distance <= threshold`` -> same.
 """
-from .identification import dir_at_fpir, exact_search, gallery_probe, leave_one_out, map_at_r, open_set_metrics, precision_at_1, r_precision, recall_at_k
+from .identification import dir_at_fpir, exact_search, gallery_probe, leave_one_out, map_at_r, open_set_metrics, precision_at_1, r_precision, cmc_recall_at_k
+from .knn import as_vectors, exact_knn, knn_recall_at_k
 from .oneshot import OneShotRun, load_oneshot_runs, oneshot_accuracy, oneshot_metrics, oneshot_per_run
 from .verification import DEFAULT_FARS, Roc, best_accuracy, bootstrap_ci, cv_accuracy, det_curve, eer, far_supported, min_impostor_pairs, roc_auc, roc_curve, tar_at_far, threshold_for_far, verification_metrics
 
@@ -31,7 +32,10 @@ __all__ = [
     "open_set_metrics",
     "precision_at_1",
     "r_precision",
-    "recall_at_k",
+    "cmc_recall_at_k",
+    "knn_recall_at_k",
+    "exact_knn",
+    "as_vectors",
     "roc_auc",
     "roc_curve",
     "tar_at_far",

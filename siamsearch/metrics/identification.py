@@ -37,6 +37,7 @@ import numpy as np
 
 from ..core.distance import is_same_pairs, squared_to_distance
 from ..core.errors import SiamsearchError
+from .knn import as_vectors, exact_knn
 from .verification import threshold_for_far
 
 #: ``search(queries [b, d] float32, k) -> (distances [b, k], ids [b, k] int64)``; distances are
@@ -51,12 +52,10 @@ NEIGHBOUR_BUDGET = 1 << 22
 
 
 def _as_embeddings(x, name: str) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.ndim != 2:
-        raise SiamsearchError(f"{name} must be a 2-D array [N, d]; got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise SiamsearchError(f"{name} contain NaN or infinity; check the model")
-    return x
+    """``[N, d]`` float32, checked by :func:`siamsearch.metrics.knn.as_vectors` (a 1-D array is refused here)."""
+    if np.ndim(x) != 2:
+        raise SiamsearchError(f"{name} must be a 2-D array [N, d]; got shape {np.shape(x)}")
+    return as_vectors(x, None, name)
 
 
 def _as_labels(y, n: int, name: str) -> np.ndarray:
@@ -67,15 +66,12 @@ def _as_labels(y, n: int, name: str) -> np.ndarray:
 
 
 def exact_search(database: np.ndarray) -> SearchFn:
-    """An exact Euclidean :data:`SearchFn` over ``database [G, d]`` (Faiss ``IndexFlatL2``)."""
-    import faiss
-
+    """An exact Euclidean :data:`SearchFn` over ``database [G, d]`` (:func:`siamsearch.metrics.knn.exact_knn`)."""
     database = _as_embeddings(database, "database")
-    index = faiss.IndexFlatL2(database.shape[1])
-    index.add(database)
+    norms = np.einsum("ij,ij->i", database, database)
 
     def search(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        d2, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), int(k))
+        d2, ids = exact_knn(queries, database, int(k), sq_norms=norms, trusted=True)
         return squared_to_distance(d2), ids
 
     return search
@@ -330,8 +326,10 @@ def precision_at_1(embeddings, labels, batch_size: Optional[int] = None) -> floa
     return float(acc.result((1,))["precision_at_1"])
 
 
-def recall_at_k(embeddings, labels, ks: Sequence[int] = DEFAULT_KS) -> dict[int, float]:
-    """Leave-one-out recall@k (CMC at rank k) for each ``k`` in ``ks``."""
+def cmc_recall_at_k(embeddings, labels, ks: Sequence[int] = DEFAULT_KS) -> dict[int, float]:
+    """Leave-one-out recall@k in the CMC sense (share of queries with a same-identity item among the first
+    ``k`` neighbours) for each ``k`` in ``ks``. Not the k-NN set-overlap recall of
+    :func:`siamsearch.metrics.knn.knn_recall_at_k`."""
     return leave_one_out(embeddings, labels, ks=ks, cmc_ranks=max(ks))[0]["recall_at_k"]
 
 

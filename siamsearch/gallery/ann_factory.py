@@ -1,0 +1,88 @@
+"""Which Faiss index ``auto`` and the shorthands stand for (see :mod:`siamsearch.gallery.ann`)."""
+from __future__ import annotations
+
+import math
+
+import faiss
+
+from ..core.errors import SiamsearchError
+
+#: Exact search is used while ``n * d`` (multiply-adds per query) stays at or below this.
+EXACT_BUDGET = 1 << 25
+#: Recall@10 the benchmark and users are promised for the index ``auto`` picks.
+TARGET_RECALL = 0.95
+#: Recall@10 the tuner aims for on the data's own sample (a margin above TARGET_RECALL).
+TUNE_RECALL = 0.97
+#: Share of tombstoned entries above which a tombstone-based index should be rebuilt.
+REBUILD_SHARE = 0.2
+#: Queries drawn from the data to tune nprobe / efSearch.
+TUNE_QUERIES = 256
+#: Search-parameter ladders tried by the tuner, smallest first.
+NPROBE_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+EFSEARCH_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+#: k-means iterations and training points per list when training an IVF quantizer.
+IVF_TRAIN_ITERATIONS = 10
+IVF_TRAIN_PER_LIST = 40
+#: Candidates fetched per requested neighbour before exact re-ranking (lossy codes only).
+RERANK_FACTOR = 4
+
+
+def ivf_lists(n: int) -> int:
+    """Number of IVF lists for ``n`` vectors: a power of two near ``4 * sqrt(n)``, in [16, 65536]."""
+    target = 4.0 * math.sqrt(max(n, 1))
+    return int(min(65536, max(16, 2 ** round(math.log2(target)))))
+
+
+def choose_factory(n: int, dim: int) -> str:
+    """The factory ``auto`` resolves to for ``n`` vectors of dimension ``dim``.
+
+    Exact ``Flat`` while ``n * dim <= EXACT_BUDGET`` (a query then costs about
+    30 M multiply-adds, a few ms on one core); otherwise ``IVF{nlist},Flat``:
+    it trains in about a minute at a million vectors, keeps exact distances,
+    supports ``remove_ids``, and scales on to on-disk inverted lists.
+    """
+    if n * dim <= EXACT_BUDGET:
+        return "Flat"
+    return f"IVF{ivf_lists(n)},Flat"
+
+
+def resolve_factory(factory: str, n: int, dim: int) -> str:
+    """Expand the shorthands ``auto``, ``HNSW``, ``IVF`` and ``IVF<nlist>``; check the rest with Faiss.
+
+    Raises:
+        SiamsearchError: for a string Faiss cannot build, or one that manages its own ids.
+    """
+    f = (factory or "auto").strip()
+    if f.lower() == "auto":
+        return choose_factory(n, dim)
+    if f.lower() == "flat":
+        return "Flat"
+    if f.upper() == "HNSW":
+        return "HNSW32"
+    if f.upper() == "IVF":
+        return f"IVF{ivf_lists(n)},Flat"
+    if f.upper().startswith("IVF") and f[3:].isdigit():
+        return f"IVF{int(f[3:])},Flat"
+    if f.upper().startswith("IDMAP"):
+        raise SiamsearchError(
+            f"factory {factory!r}: leave out the IDMap prefix; siamsearch maps ids to gallery rows itself"
+        )
+    try:
+        faiss.index_factory(dim, f, faiss.METRIC_L2)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else "not understood"
+        raise SiamsearchError(
+            f"Faiss cannot build index {factory!r} ({first}); use auto, Flat, HNSW32, IVF, IVF4096 "
+            "or another Faiss index_factory string such as IVF4096,PQ32"
+        ) from None
+    return f
+
+
+def _kind(base: faiss.Index) -> str:
+    if isinstance(base, faiss.IndexHNSW):
+        return "hnsw"
+    if isinstance(base, faiss.IndexIVF):
+        return "ivf"
+    if isinstance(base, faiss.IndexFlat):
+        return "flat"
+    return "other"
