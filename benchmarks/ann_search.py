@@ -34,6 +34,7 @@ the headline ``clustered`` run) and ``ann_search.md``.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import time
@@ -134,6 +135,7 @@ def run_variant(name: str, n: int, dim: int, nq: int, factory: str, seed: int) -
         "data_mb": round(xb.nbytes / 2**20, 1),
         "nn_distance_mean": round(float(nn[:, 0].mean()), 3), "tenth_nn_distance_mean": round(float(nn[:, 9].mean()), 3),
         "meets_target": bool(recall >= TARGET_RECALL and ratio >= TARGET_SPEEDUP),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
     }
 
 
@@ -171,6 +173,7 @@ def main() -> None:
         "settings": {"threads": args.threads, "queries": args.queries, "batched": True, "seed": args.seed,
                      "per_identity": PER_IDENTITY, "subspace": SUBSPACE, "variants": VARIANTS},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        "load_average_end": [round(v, 2) for v in os.getloadavg()],
         "runs": runs,
     }
     rows = [(r["variant"], f"{r['n']:,} x {r['dim']}", r["factory"],

@@ -155,3 +155,24 @@ def test_exact_knn_streams_blocks(data):
     ref_d, ref_i = exact(x, ids, q, 7)
     np.testing.assert_array_equal(found, ref_i)
     np.testing.assert_allclose(np.sqrt(np.clip(d2, 0, None)), ref_d, atol=1e-4)
+
+
+def test_auto_falls_back_to_hnsw_when_ivf_is_too_slow_at_the_recall_target(monkeypatch):
+    """Diffuse data (no clusters) beyond the exact budget: the tuned IVF index needs many probes, its
+    estimated speed-up stays under AUTO_MIN_SPEEDUP, so HNSW32 is built too and the faster kept."""
+    import siamsearch.gallery.ann_factory as factory_mod
+
+    monkeypatch.setattr(factory_mod, "EXACT_BUDGET", 1000)  # make auto leave exact search at this small size
+    rng = np.random.default_rng(5)
+    both = rng.standard_normal((4050, 16)).astype("float32")
+    both /= np.linalg.norm(both, axis=1, keepdims=True)
+    x, q = both[:4000], both[4000:]
+    ann = build_index(ArraySource(x), factory="auto")
+    alt = ann.params["alternative"]
+    kinds = {ann.factory, alt["factory"]}
+    assert kinds == {"HNSW32", "IVF256,Flat"}
+    assert ann.params["requested"] == "auto" and ann.params["estimated_speedup"] > 0
+    if alt["estimated_speedup"] is not None:
+        assert ann.params["estimated_speedup"] >= alt["estimated_speedup"] or ann.factory.startswith("IVF")
+    _, found = ann.search(q, 10)
+    assert knn_recall_at_k(found, exact(x, np.arange(4000), q, 10)[1]) >= 0.9

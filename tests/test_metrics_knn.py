@@ -55,3 +55,11 @@ def test_knn_recall_is_set_overlap():
     truth = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
     found = np.array([[4, 3, 9, 9], [8, 7, 6, 5]])
     assert knn_recall_at_k(found, truth) == pytest.approx((0.5 + 1.0) / 2)
+
+
+def test_identical_vector_is_at_distance_zero():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3000, 64)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    d2, ids = exact_knn(x[[5, 2999]], x, 3)
+    assert ids[:, 0].tolist() == [5, 2999] and (d2[:, 0] == 0).all()

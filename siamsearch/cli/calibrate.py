@@ -6,6 +6,8 @@ import warnings
 
 import click
 
+from .precision import precision_option
+
 from ..query.record import RULES
 from ..data import FORMATS
 
@@ -30,6 +32,7 @@ from ..data import FORMATS
               help="Also use identities the model was trained on (optimistic threshold).")
 @click.option("--batch-size", type=click.IntRange(1), default=128, help="Images per forward pass.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@precision_option
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration record as JSON.")
 def calibrate(model, data, format_, split, rule, target_far, pairs, seed, out, include_training_identities,
               batch_size, device, as_json):

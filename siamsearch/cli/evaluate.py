@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from .precision import precision_option
+
 from ..data import FORMATS
 from ..evaluation.evaluate import PROTOCOLS
 
@@ -56,6 +58,7 @@ class _CountOrFile(click.ParamType):
               help="Folder for metrics.json, report.html, report.md and plots/ [default: runs/MODEL-DATA].")
 @click.option("--batch-size", type=click.IntRange(1), default=128, help="Images per forward pass.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@precision_option
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json to stdout instead of the table.")
 def evaluate(model, data, format_, split, protocol, index, pairs, images, skip_missing, seed, limit, n_boot, out,
              batch_size, device, as_json):

@@ -5,6 +5,8 @@ import json
 
 import click
 
+from .precision import precision_option
+
 _FACTORY_HELP = ("Faiss index: auto (exact Flat while fast enough, tuned IVF beyond), Flat, HNSW32, IVF, "
                  "IVF4096, or any Faiss factory string such as IVF4096,PQ32.")
 
@@ -54,6 +56,7 @@ def index() -> None:
 @click.option("--workers", type=click.IntRange(0), default=None,
               help="Image-decoding worker processes [default: one per spare CPU core, at most 4].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@precision_option
 @click.option("--labels", type=click.Choice(["from-folder", "none"]), default=None,
               help="Label = the image's folder (relative to IMAGE_DIR), or no labels "
                    "[default: from-folder when every image sits in one of several subfolders].")
@@ -85,6 +88,7 @@ def build(image_dir, model, out, factory, batch_size, workers, device, labels, s
 @click.option("--workers", type=click.IntRange(0), default=None,
               help="Image-decoding worker processes [default: one per spare CPU core, at most 4].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@precision_option
 @click.option("--strict", is_flag=True, help="Fail (exit 2, nothing published) if any file cannot be read.")
 @click.option("--json", "as_json", is_flag=True, help="Print the update report as JSON.")
 @click.option("--progress/--no-progress", default=True, help="Progress bars on stderr.")

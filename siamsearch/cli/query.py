@@ -5,6 +5,8 @@ import json
 
 import click
 
+from .precision import precision_option
+
 
 @click.command(context_settings={"show_default": True})
 @click.argument("queries", nargs=-1, required=True, type=click.Path(exists=True))
@@ -26,6 +28,7 @@ import click
 @click.option("--batch-size", type=click.IntRange(1), default=64, help="Query images per forward pass.")
 @click.option("--workers", type=click.IntRange(0), default=0, help="Image-decoding worker processes.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@precision_option
 @click.option("--json", "as_json", is_flag=True,
               help="Print a JSON list: {query, prediction, neighbors: [{rank, path, label, distance}]} per query.")
 def query(queries, index, k, open_set, threshold, calibration, model, out, batch_size, workers, device, as_json):

@@ -5,6 +5,8 @@ import json
 
 import click
 
+from .precision import precision_option
+
 
 def _source_line(result) -> str:
     from ..query.record import threshold_source_text
@@ -27,6 +29,7 @@ def _source_line(result) -> str:
 @click.option("--batch-size", type=click.IntRange(1), default=64, help="Images per forward pass.")
 @click.option("--workers", type=click.IntRange(0), default=0, help="Image-decoding worker processes.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@precision_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def verify(images, model, threshold, calibration, pairs_csv, out, batch_size, workers, device, as_json):
     """Are IMAGE_A and IMAGE_B the same identity? (or every pair of --pairs CSV)

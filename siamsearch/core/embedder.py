@@ -94,7 +94,7 @@ class Embedder:
     """
 
     def __init__(self, checkpoint: Checkpoint, path: Optional[str] = None, device: Union[str, torch.device] = "auto",
-                 precision: str = "auto", compile: Union[bool, str] = "auto"):
+                 precision: Optional[str] = None, compile: Union[bool, str] = "auto"):
         self.config: ModelConfig = checkpoint.config
         self.fingerprint: str = checkpoint.fingerprint
         self.card: dict = checkpoint.card
@@ -185,12 +185,14 @@ class Embedder:
 
 
 def load_model(path: Union[str, os.PathLike], device: Union[str, torch.device] = "auto",
-               precision: str = "auto", compile: Union[bool, str] = "auto") -> Embedder:
+               precision: Optional[str] = None, compile: Union[bool, str] = "auto") -> Embedder:
     """Load a checkpoint written by :func:`siamsearch.train` (weights-only, verified).
 
     Args:
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
-        precision: ``auto|fp32|bf16|fp16`` (see :mod:`siamsearch.core.inference`).
+        precision: ``auto|fp32|bf16|fp16`` (see :mod:`siamsearch.core.inference`); default: the process
+            default (``auto`` unless :func:`~siamsearch.core.inference.set_default_precision` or
+            ``$SIAMSEARCH_PRECISION`` says otherwise).
         compile: ``torch.compile`` the network: ``True``, ``False`` or ``"auto"`` (only for jobs of
             at least :data:`~siamsearch.core.inference.COMPILE_MIN_IMAGES` images).
 

@@ -43,12 +43,14 @@ from .errors import SiamsearchError, UnreadableImage
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-#: ``compile="auto"`` compiles the network for jobs of at least this many images. Compiling costs
-#: 20-60 s of CPU time on a small CNN with 2 cores (measured: see docs/speed.md) and saves roughly half of
-#: the eager bf16 forward time; at the ~1,000-3,000 images/s of the eager bf16 path that is about
-#: 0.2-0.5 ms per image, so compiling repays itself from roughly 100,000 images (an index build of a large
-#: folder), never for a query or a verification. Below the threshold eager mode is used.
-COMPILE_MIN_IMAGES = 100_000
+#: ``compile="auto"`` compiles the network for jobs of at least this many images. Why this size: compiling
+#: is paid once per process and is long (smallcnn, 64 px: 424 s wall on this project's 2-core machine at
+#: load average ~15, where the compiled bf16 forward then ran 2.5x the eager one; an idle machine compiles
+#: several times faster, and the issue's idle measurement gave compiled ~1.9x eager bf16). At the
+#: ~1,500-2,000 images/s of eager bf16 smallcnn on 2 idle cores, halving the forward saves ~0.25-0.3 ms per
+#: image, so even a 60 s compile needs ~200,000 images to pay for itself: large index builds only, never a
+#: query, a verification or an evaluation. Below the threshold eager mode is used.
+COMPILE_MIN_IMAGES = 200_000
 
 
 def cpu_has_native_bf16() -> bool:
@@ -80,13 +82,31 @@ def _cpuinfo_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto|fp32|bf16|fp16`` -> the concrete precision (``fp32``, ``bf16`` or ``fp16``) for ``device``.
+_default_precision = {"value": os.environ.get("SIAMSEARCH_PRECISION", "auto")}
+
+
+def set_default_precision(precision: str) -> None:
+    """The precision used where none is given (``load_model(path)``, models a gallery or a command loads
+    itself). Starts as ``$SIAMSEARCH_PRECISION`` or ``auto``; the CLI's ``--precision`` sets it.
 
     Raises:
         SiamsearchError: for an unknown name.
     """
     p = (precision or "auto").lower()
+    if p not in PRECISIONS:
+        raise SiamsearchError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    _default_precision["value"] = p
+
+
+def resolve_precision(precision: Optional[str], device: torch.device) -> str:
+    """``auto|fp32|bf16|fp16`` -> the concrete precision (``fp32``, ``bf16`` or ``fp16``) for ``device``.
+
+    ``None`` means the process default (:func:`set_default_precision`).
+
+    Raises:
+        SiamsearchError: for an unknown name.
+    """
+    p = (_default_precision["value"] if precision is None else precision or "auto").lower()
     if p not in PRECISIONS:
         raise SiamsearchError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     if p != "auto":
@@ -102,7 +122,7 @@ class InferenceRunner:
     Args:
         net: the network (not modified, except by ``compile``: a compiled wrapper is kept beside it).
         device: where ``net`` lives.
-        precision: ``auto|fp32|bf16|fp16`` (see the module docstring).
+        precision: ``auto|fp32|bf16|fp16`` (see the module docstring); ``None``: the process default.
         channels_last: feed inputs in channels-last memory format (faster with oneDNN and tensor cores).
 
     Attributes:
@@ -110,7 +130,7 @@ class InferenceRunner:
         compiled: whether the forward pass now runs a ``torch.compile``'d network.
     """
 
-    def __init__(self, net: torch.nn.Module, device: torch.device, precision: str = "auto",
+    def __init__(self, net: torch.nn.Module, device: torch.device, precision: Optional[str] = None,
                  channels_last: bool = True):
         self.net = net
         self.device = device

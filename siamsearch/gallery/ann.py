@@ -24,13 +24,14 @@ exceed :data:`REBUILD_SHARE` of the index.
 """
 from __future__ import annotations
 
+import time
 from typing import Callable, Iterator, Optional, Protocol
 
 import faiss
 import numpy as np
 
 from ..metrics.knn import as_ids, as_vectors, exact_knn, knn_recall_at_k
-from .ann_factory import (EFSEARCH_LADDER, EXACT_BUDGET, IVF_TRAIN_ITERATIONS, IVF_TRAIN_PER_LIST, NPROBE_LADDER,
+from .ann_factory import (AUTO_FALLBACK, AUTO_MIN_SPEEDUP, EFSEARCH_LADDER, EXACT_BUDGET, IVF_TRAIN_ITERATIONS, IVF_TRAIN_PER_LIST, NPROBE_LADDER,
                           REBUILD_SHARE, RERANK_FACTOR, TARGET_RECALL, TUNE_QUERIES, TUNE_RECALL, choose_factory,
                           ivf_lists, resolve_factory)
 from .ann_index import AnnIndex
@@ -38,7 +39,7 @@ from .ann_index import AnnIndex
 __all__ = [
     "AnnIndex", "ArraySource", "VectorSource", "build_index", "choose_factory", "resolve_factory", "ivf_lists",
     "as_vectors", "as_ids", "exact_knn", "knn_recall_at_k", "EXACT_BUDGET", "TARGET_RECALL", "TUNE_RECALL",
-    "TUNE_QUERIES", "REBUILD_SHARE", "NPROBE_LADDER", "EFSEARCH_LADDER", "IVF_TRAIN_ITERATIONS",
+    "TUNE_QUERIES", "REBUILD_SHARE", "AUTO_MIN_SPEEDUP", "AUTO_FALLBACK", "NPROBE_LADDER", "EFSEARCH_LADDER", "IVF_TRAIN_ITERATIONS",
     "IVF_TRAIN_PER_LIST", "RERANK_FACTOR",
 ]
 
@@ -85,6 +86,54 @@ class ArraySource:
 # --------------------------------------------------------------------------- building
 
 
+def _fill(source: VectorSource, resolved: str, tune: bool, target_recall: float, block_rows: int, seed: int,
+          progress: Optional[Callable[[int], None]]) -> tuple[AnnIndex, Optional[float]]:
+    """Make, train, fill and tune one index of factory ``resolved``.
+
+    Returns:
+        ``(index, estimated speed-up over exact search)``; the estimate (``None`` when not tuned) compares
+        the tuned search of the held-out queries with exact search of them over the first block, scaled
+        to the whole source, both timed here.
+    """
+    n, dim = len(source), int(source.dim)
+    ann = AnnIndex.empty(dim, resolved)
+    if not ann.is_trained:
+        ivf = faiss.try_extract_index_ivf(ann.index)
+        m = max(IVF_TRAIN_PER_LIST * ivf.nlist, 10000) if ivf is not None else 65536
+        _, sample = source.sample(m, seed)
+        ann.train(sample)
+    tuning = tune and ann._param_name() is not None and n > 2 * TUNE_QUERIES
+    held_ids, held = source.sample(TUNE_QUERIES, seed + 1) if tuning else (np.zeros(0, "int64"), None)
+    first = None
+    for ids, x in source.blocks(block_rows):
+        if tuning:
+            keep = ~np.isin(ids, held_ids)
+            ids, x = ids[keep], x[keep]
+            first = x if first is None else first
+        ann.add(x, ids)
+        if progress is not None:
+            progress(len(ids))
+    speedup = None
+    if tuning:
+        k = min(10, n - len(held_ids))
+        _, truth = exact_knn(held, source.blocks(block_rows), k, exclude=held_ids)
+        ann.tune(held, truth, target_recall)
+        t = time.perf_counter()
+        exact_knn(held, first, k)
+        exact_s = (time.perf_counter() - t) * (n / max(len(first), 1))
+        t = time.perf_counter()
+        ann._raw_search(held, k)
+        speedup = exact_s / max(time.perf_counter() - t, 1e-9)
+        ann.params["estimated_speedup"] = round(float(speedup), 1)
+        ann.add(held, held_ids)
+        if progress is not None:
+            progress(len(held_ids))
+    elif ann._param_name() is not None:
+        ann.params.setdefault(ann._param_name(), ann._get_param())
+        ann.params["tuned_on"] = "not tuned (too few vectors)" if tune else "not tuned"
+    return ann, speedup
+
+
 def build_index(source: VectorSource, factory: str = "auto", tune: bool = True,
                 target_recall: float = TUNE_RECALL, block_rows: int = 65536, seed: int = 0,
                 progress: Optional[Callable[[int], None]] = None) -> AnnIndex:
@@ -94,42 +143,36 @@ def build_index(source: VectorSource, factory: str = "auto", tune: bool = True,
     rest are added, the search parameter is tuned on them against exact search
     (see :meth:`AnnIndex.tune`), then they are added too.
 
+    ``auto`` beyond the exact budget builds ``IVF{nlist},Flat`` first; when the
+    ``nprobe`` that reaches the recall target leaves an estimated speed-up over
+    exact search below :data:`AUTO_MIN_SPEEDUP` (diffuse data, whose neighbours
+    spread over many lists), it builds ``HNSW32`` as well, tunes its
+    ``efSearch`` the same way and keeps whichever is faster. ``params`` records
+    both estimates (``estimated_speedup``, ``alternative``).
+
     Args:
         source: the vectors and their ids (see :class:`VectorSource`; :class:`ArraySource` for arrays).
         factory: ``"auto"``, a shorthand or a Faiss factory string (see the module docstring).
         tune: pick ``nprobe`` / ``efSearch`` for ``target_recall`` (approximate types only).
         block_rows: vectors added per call, bounding extra memory.
         seed: for the training and tuning samples.
-        progress: called with the number of vectors added after each block.
+        progress: called with the number of vectors added after each block (first index only).
 
     Returns:
         The filled :class:`AnnIndex`; ``params["requested"]`` keeps ``factory`` as given.
     """
     n, dim = len(source), int(source.dim)
     resolved = resolve_factory(factory, n, dim)
-    ann = AnnIndex.empty(dim, resolved)
+    ann, speedup = _fill(source, resolved, tune, target_recall, block_rows, seed, progress)
+    if (factory or "auto").strip().lower() == "auto" and ann.kind == "ivf" and speedup is not None \
+            and speedup < AUTO_MIN_SPEEDUP:
+        other, other_speedup = _fill(source, AUTO_FALLBACK, tune, target_recall, block_rows, seed, None)
+        other_recall = other.params.get("tuned_recall_at_10", 0.0)
+        if other_speedup is not None and other_speedup > speedup and other_recall >= target_recall:
+            other.params["alternative"] = {"factory": ann.factory, "estimated_speedup": round(float(speedup), 1)}
+            ann = other
+        else:
+            ann.params["alternative"] = {"factory": other.factory, "estimated_speedup":
+                                         None if other_speedup is None else round(float(other_speedup), 1)}
     ann.params["requested"] = factory
-    if not ann.is_trained:
-        ivf = faiss.try_extract_index_ivf(ann.index)
-        m = max(IVF_TRAIN_PER_LIST * ivf.nlist, 10000) if ivf is not None else 65536
-        _, sample = source.sample(m, seed)
-        ann.train(sample)
-    tuning = tune and ann._param_name() is not None and n > 2 * TUNE_QUERIES
-    held_ids, held = source.sample(TUNE_QUERIES, seed + 1) if tuning else (np.zeros(0, "int64"), None)
-    for ids, x in source.blocks(block_rows):
-        if tuning:
-            keep = ~np.isin(ids, held_ids)
-            ids, x = ids[keep], x[keep]
-        ann.add(x, ids)
-        if progress is not None:
-            progress(len(ids))
-    if tuning:
-        _, truth = exact_knn(held, source.blocks(block_rows), min(10, n - len(held_ids)), exclude=held_ids)
-        ann.tune(held, truth, target_recall)
-        ann.add(held, held_ids)
-        if progress is not None:
-            progress(len(held_ids))
-    elif ann._param_name() is not None:
-        ann.params.setdefault(ann._param_name(), ann._get_param())
-        ann.params["tuned_on"] = "not tuned (too few vectors)" if tune else "not tuned"
     return ann

@@ -23,6 +23,11 @@ EFSEARCH_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 #: k-means iterations and training points per list when training an IVF quantizer.
 IVF_TRAIN_ITERATIONS = 10
 IVF_TRAIN_PER_LIST = 40
+#: ``auto``: when the tuned IVF index is estimated to be less than this many times faster than exact search,
+#: :data:`AUTO_FALLBACK` is built too and the faster of the two (at the recall target) is kept.
+AUTO_MIN_SPEEDUP = 20.0
+#: The graph index ``auto`` falls back to on data whose neighbours spread over many IVF lists.
+AUTO_FALLBACK = "HNSW32"
 #: Candidates fetched per requested neighbour before exact re-ranking (lossy codes only).
 RERANK_FACTOR = 4
 

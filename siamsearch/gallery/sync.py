@@ -408,6 +408,7 @@ def _attrs(old: Optional[GalleryReader], embedder, source: Path, label_mode: str
     return {"siamsearch_version": __version__, "created": created, "updated": _store.now_iso(),
             "model_fingerprint": embedder.fingerprint, "model_config": embedder.config.to_json(),
             "model_path": os.path.abspath(embedder.path) if embedder.path else "",
+            "embedding_precision": str(getattr(embedder, "precision", "fp32")),
             "source_dir": str(source), "label_mode": label_mode, "requested_factory": factory,
             "index_sha256": "", "generation": "", "index_factory": "", "index_params": "{}"}
 
@@ -438,7 +439,8 @@ def _manifest(attrs: dict, ann: _ann.AnnIndex, report: BuildReport, n_rows: int,
         "updated": attrs["updated"],
         "source_dir": attrs["source_dir"],
         "model": {"fingerprint": attrs["model_fingerprint"], "path": attrs["model_path"],
-                  "config": json_or_raw(attrs["model_config"])},
+                  "config": json_or_raw(attrs["model_config"]),
+                  "precision": attrs.get("embedding_precision", "fp32")},
         "size": live,
         "rows": n_rows,
         "dim": ann.dim,

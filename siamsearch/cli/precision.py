@@ -1,0 +1,25 @@
+"""The shared ``--precision`` option (sets the process default precision; no torch import at parse time)."""
+from __future__ import annotations
+
+import click
+
+#: Same names as :data:`siamsearch.core.inference.PRECISIONS` (kept literal so ``--help`` does not load torch).
+CHOICES = ("auto", "fp32", "bf16", "fp16")
+
+
+def _apply(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value is not None and not ctx.resilient_parsing:
+        from ..core.inference import set_default_precision
+
+        set_default_precision(value)
+    return value
+
+
+def precision_option(f):
+    """``--precision auto|fp32|bf16|fp16`` for commands that embed images."""
+    return click.option(
+        "--precision", type=click.Choice(CHOICES), default="auto", show_default=True, expose_value=False,
+        callback=_apply, is_eager=False,
+        help="Inference precision: auto = bf16 where the CPU has native bf16 (bf16/fp16 on CUDA), else fp32. "
+             "Galleries record it; bf16 and fp32 embeddings agree (cosine >= 0.999), so either can query the other.",
+    )(f)
