@@ -33,6 +33,7 @@ def test_train_writes_loadable_checkpoint(data, tmp_path, loss):
     assert 0 <= h["val_genuine_distance"] <= 2 and 0 <= h["val_impostor_distance"] <= 2
     assert set(ck.card["train_identities"]).isdisjoint(ck.card["val_identities"])
     assert ck.card["data"]["digest"] and ck.card["versions"]["torch"] == torch.__version__
+    assert ck.card["precision"] == {"train": "fp32", "validation": "fp32"}  # CPU training
     assert not (tmp_path / f"{loss}.pt.last").exists()
     model = siamsearch.load_model(out)
     paths = sorted(str(p) for p in data.rglob("*.png"))[:3]

@@ -231,6 +231,8 @@ def train(
         "hyperparameters": hyper,
         "versions": _versions(),
         "device": str(dev),
+        # the precision that made the weights (fp16 autocast with loss scaling on CUDA) and the one validation used
+        "precision": {"train": "fp16-autocast" if dev.type == "cuda" else "fp32", "validation": "fp32"},
     }
 
     net = EmbeddingNet(config, weights=weights).to(dev)
