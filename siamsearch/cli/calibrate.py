@@ -6,34 +6,33 @@ import warnings
 
 import click
 
+from ..core.choices import RULES
+from .options import (batch_size_option, checkpoint_option, device_option, format_option, json_option,
+                      seed_option, split_option)
 from .precision import precision_option
-
-from ..query.record import RULES
-from ..data import FORMATS
 
 
 @click.command(context_settings={"show_default": True})
-@click.option("--model", "model", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Checkpoint written by `siamsearch train`.")
+@checkpoint_option()
 @click.option("--data", required=True, type=click.Path(exists=True),
               help="Labelled data with identities the model was not trained on (training identities listed in "
                    "the checkpoint are left out).")
-@click.option("--format", "format_", type=click.Choice(FORMATS), default="auto", help="Dataset layout.")
-@click.option("--split", default=None, help="Dataset split [default: test for IDX and CelebA, everything otherwise].")
+@format_option
+@split_option()
 @click.option("--rule", type=click.Choice(RULES), default="far",
               help="far: largest threshold with FAR <= --target-far; eer: equal error rate; max-accuracy.")
 @click.option("--target-far", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=1e-3,
               help="False accept rate to stay under (rule far).")
 @click.option("--pairs", type=click.IntRange(2), default=20000, help="Pairs to draw, half genuine, half impostor.")
-@click.option("--seed", type=int, default=0, help="Seeds the pairs.")
+@seed_option("Seeds the pairs.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
               help="Where to store the record: a checkpoint of the same model or a .json file [default: --model].")
 @click.option("--include-training-identities", is_flag=True,
               help="Also use identities the model was trained on (optimistic threshold).")
-@click.option("--batch-size", type=click.IntRange(1), default=128, help="Images per forward pass.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@batch_size_option(default=128)
+@device_option
 @precision_option
-@click.option("--json", "as_json", is_flag=True, help="Print the calibration record as JSON.")
+@json_option("Print the calibration record as JSON.")
 def calibrate(model, data, format_, split, rule, target_far, pairs, seed, out, include_training_identities,
               batch_size, device, as_json):
     """Choose the distance threshold for `verify` and `query --open-set` from data.

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ..data import FORMATS
+from .options import checkpoint_option, format_option, json_option, seed_option, split_option, workers_option
 
 
 @click.group("data")
@@ -15,12 +15,9 @@ def data() -> None:
 
 
 _path_arg = click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
-_format_opt = click.option("--format", "format_", type=click.Choice(FORMATS), default="auto", show_default=True,
-                           help="Dataset layout (auto detects identity folders, IDX, Omniglot, CelebA).")
-_split_opt = click.option("--split", default=None,
-                          help="IDX: train|test|all [train]; CelebA: train|valid|test|all [train when partitioned].")
-_model_opt = click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None,
-                          help="Checkpoint whose preprocessing to apply [default: the trainer's default config].")
+_split_opt = split_option("IDX: train|test|all [train]; CelebA: train|valid|test|all [train when partitioned].")
+_model_opt = checkpoint_option(required=False,
+                               help="Checkpoint whose preprocessing to apply [default: the trainer's default config].")
 
 
 def _paths(paths: tuple):
@@ -29,15 +26,15 @@ def _paths(paths: tuple):
 
 @data.command("check")
 @_path_arg
-@_format_opt
+@format_option
 @_split_opt
 @_model_opt
 @click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=0.2, show_default=True,
               help="The trainer's validation share of identities (checked for feasibility).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--workers", type=click.IntRange(0), default=2, show_default=True, help="Decoding threads.")
+@seed_option()
+@workers_option(default=2, help="Decoding threads.")
 @click.option("--strict", is_flag=True, help="Exit 1 on warnings too (unreadable files, duplicates, mixed modes).")
-@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+@json_option("Print the full report as JSON.")
 def check(paths, format_, split, model, val_fraction, seed, workers, strict, as_json):
     """Check a dataset before training: counts, sizes and modes, unreadable files,
     duplicates within and across identities, and a verdict.
@@ -61,7 +58,7 @@ def check(paths, format_, split, model, val_fraction, seed, workers, strict, as_
 
 @data.command("preview")
 @_path_arg
-@_format_opt
+@format_option
 @_split_opt
 @_model_opt
 @click.option("--pairs", "n_pairs", type=click.IntRange(1, 256), default=16, show_default=True,
@@ -72,7 +69,7 @@ def check(paths, format_, split, model, val_fraction, seed, workers, strict, as_
               help="Show batch-hard triplets from one M-per-class batch (hardness by --model, else raw pixels).")
 @click.option("--m-per-class", type=click.IntRange(2), default=4, show_default=True,
               help="Images per identity in the batch (--triplets).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option()
 @click.option("--out", type=click.Path(dir_okay=False), default="preview.png", show_default=True,
               help="PNG file to write.")
 def preview(paths, format_, split, model, n_pairs, augment, triplets, m_per_class, seed, out):

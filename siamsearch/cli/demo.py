@@ -5,6 +5,8 @@ import json
 
 import click
 
+from .options import json_option, seed_option
+
 
 @click.command()
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False),
@@ -14,8 +16,8 @@ import click
 @click.option("--fresh", is_flag=True, help="Start over instead of reusing what a previous run left.")
 @click.option("--quick", is_flag=True, help="A reduced run (few images, one short epoch) to check the pipeline.")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Training epochs [default: 8].")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@seed_option()
+@json_option("Print the summary as JSON.")
 def demo(out, index, fresh, quick, epochs, seed, as_json):
     """Train, calibrate, index, query, verify and evaluate on 5,000 real MNIST digits.
 

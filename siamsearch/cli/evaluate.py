@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
+from ..core.choices import PROTOCOLS
+from .options import (batch_size_option, checkpoint_option, device_option, format_option, json_option,
+                      seed_option, split_option)
 from .precision import precision_option
-
-from ..data import FORMATS
-from ..evaluation.evaluate import PROTOCOLS
 
 
 class _CountOrFile(click.ParamType):
@@ -29,14 +29,12 @@ class _CountOrFile(click.ParamType):
 
 
 @click.command(context_settings={"show_default": True})
-@click.option("--model", "model", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Checkpoint written by `siamsearch train`.")
+@checkpoint_option()
 @click.option("--data", default=None, type=click.Path(exists=True),
               help="Labelled dataset (identity folders, IDX, Omniglot, CelebA) or Omniglot one-shot runs "
                    "(all_runs.zip or its folder).")
-@click.option("--format", "format_", type=click.Choice(FORMATS), default="auto", help="Dataset layout.")
-@click.option("--split", default=None,
-              help="Dataset split [default: test for IDX and CelebA, everything otherwise].")
+@format_option
+@split_option()
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default="all",
               help="What to measure; all = everything the data allows.")
 @click.option("--index", "index", default=None, type=click.Path(exists=True, file_okay=False),
@@ -50,16 +48,16 @@ class _CountOrFile(click.ParamType):
 @click.option("--skip-missing", is_flag=True,
               help="With --pairs FILE: skip pairs whose images are missing or unreadable (counted in the report) "
                    "instead of stopping.")
-@click.option("--seed", type=int, default=0, help="Seeds pairs, subsets, splits, CV folds and bootstrap.")
+@seed_option("Seeds pairs, subsets, splits, CV folds and bootstrap.")
 @click.option("--limit", type=click.IntRange(2), default=None, help="Evaluate a seeded random subset of N images.")
 @click.option("--bootstrap", "n_boot", type=click.IntRange(0), default=1000,
               help="Bootstrap replicates for 95% confidence intervals (0: none).")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Folder for metrics.json, report.html, report.md and plots/ [default: runs/MODEL-DATA].")
-@click.option("--batch-size", type=click.IntRange(1), default=128, help="Images per forward pass.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@batch_size_option(default=128)
+@device_option
 @precision_option
-@click.option("--json", "as_json", is_flag=True, help="Print metrics.json to stdout instead of the table.")
+@json_option("Print metrics.json to stdout instead of the table.")
 def evaluate(model, data, format_, split, protocol, index, pairs, images, skip_missing, seed, limit, n_boot, out,
              batch_size, device, as_json):
     """Measure how reliably a model verifies and identifies, and write a report.

@@ -5,8 +5,12 @@ import json
 
 import click
 
-from .precision import precision_option
+from ..core.choices import LABEL_MODES
+from .options import (batch_size_option, checkpoint_option, device_option, json_option, progress_option,
+                      strict_option, workers_option)
 
+_workers_auto = workers_option(None, "Image-decoding worker processes [default: one per spare CPU core, at most 4].")
+from .precision import precision_option
 _FACTORY_HELP = ("Faiss index: auto (exact Flat while fast enough, tuned IVF beyond), Flat, HNSW32, IVF, "
                  "IVF4096, or any Faiss factory string such as IVF4096,PQ32.")
 
@@ -47,23 +51,21 @@ def index() -> None:
 
 @index.command(context_settings={"show_default": True})
 @click.argument("image_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--model", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Checkpoint written by `siamsearch train`.")
+@checkpoint_option()
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Gallery folder [default: index/<name of IMAGE_DIR>].")
 @click.option("--factory", default="auto", callback=_check_factory, help=_FACTORY_HELP)
-@click.option("--batch-size", type=click.IntRange(1), default=64, help="Images per forward pass.")
-@click.option("--workers", type=click.IntRange(0), default=None,
-              help="Image-decoding worker processes [default: one per spare CPU core, at most 4].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@batch_size_option()
+@_workers_auto
+@device_option
 @precision_option
-@click.option("--labels", type=click.Choice(["from-folder", "none"]), default=None,
+@click.option("--labels", type=click.Choice(LABEL_MODES), default=None,
               help="Label = the image's folder (relative to IMAGE_DIR), or no labels "
                    "[default: from-folder when every image sits in one of several subfolders].")
-@click.option("--strict", is_flag=True, help="Fail (exit 2, nothing published) if any file cannot be read.")
+@strict_option
 @click.option("--overwrite", is_flag=True, help="Replace a gallery at --out made from another folder or model.")
-@click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
-@click.option("--progress/--no-progress", default=True, help="Progress bars on stderr.")
+@json_option("Print the build report as JSON.")
+@progress_option
 def build(image_dir, model, out, factory, batch_size, workers, device, labels, strict, overwrite, as_json,
           progress):
     """Embed every image below IMAGE_DIR (recursively) and index it.
@@ -82,16 +84,14 @@ def build(image_dir, model, out, factory, batch_size, workers, device, labels, s
 
 @index.command(context_settings={"show_default": True})
 @click.argument("gallery", type=click.Path(exists=True, file_okay=False))
-@click.option("--model", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="Checkpoint [default: the one recorded in the gallery]; must be the model that built it.")
-@click.option("--batch-size", type=click.IntRange(1), default=64, help="Images per forward pass.")
-@click.option("--workers", type=click.IntRange(0), default=None,
-              help="Image-decoding worker processes [default: one per spare CPU core, at most 4].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@checkpoint_option(required=False, help="Checkpoint [default: the one recorded in the gallery]; must be the model that built it.")
+@batch_size_option()
+@_workers_auto
+@device_option
 @precision_option
-@click.option("--strict", is_flag=True, help="Fail (exit 2, nothing published) if any file cannot be read.")
-@click.option("--json", "as_json", is_flag=True, help="Print the update report as JSON.")
-@click.option("--progress/--no-progress", default=True, help="Progress bars on stderr.")
+@strict_option
+@json_option("Print the update report as JSON.")
+@progress_option
 def update(gallery, model, batch_size, workers, device, strict, as_json, progress):
     """Re-scan the gallery's image folder: embed new and changed files, drop removed ones.
 
@@ -107,7 +107,7 @@ def update(gallery, model, batch_size, workers, device, strict, as_json, progres
 
 @index.command(context_settings={"show_default": True})
 @click.argument("gallery", type=click.Path(exists=True, file_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
+@json_option("Print everything as JSON.")
 @click.option("--top", type=click.IntRange(0), default=10, help="Labels listed by count (text output).")
 def info(gallery, as_json, top):
     """Size, dimension, model, index type and parameters, labels, skipped files, disk size, times."""

@@ -5,6 +5,8 @@ import json
 
 import click
 
+from .options import (batch_size_option, calibration_option, checkpoint_option, device_option, json_option,
+                      workers_option)
 from .precision import precision_option
 
 
@@ -18,19 +20,16 @@ from .precision import precision_option
                    "model's calibration).")
 @click.option("--threshold", type=click.FloatRange(0, 2), default=None,
               help="Open-set distance threshold (implies --open-set) [default: the model's calibration].")
-@click.option("--calibration", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Calibration record to use instead of the model's own (.json from `calibrate --out`).")
-@click.option("--model", "model", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="The gallery's checkpoint, when it moved since the build [default: the path the gallery "
+@calibration_option
+@checkpoint_option(required=False, help="The gallery's checkpoint, when it moved since the build [default: the path the gallery "
                    "recorded]; its fingerprint must match.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
               help="Also write query,prediction,rank,path,label,distance,error rows to this CSV.")
-@click.option("--batch-size", type=click.IntRange(1), default=64, help="Query images per forward pass.")
-@click.option("--workers", type=click.IntRange(0), default=0, help="Image-decoding worker processes.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@batch_size_option(help="Query images per forward pass.")
+@workers_option()
+@device_option
 @precision_option
-@click.option("--json", "as_json", is_flag=True,
-              help="Print a JSON list: {query, prediction, neighbors: [{rank, path, label, distance}]} per query.")
+@json_option("Print a JSON list: {query, prediction, neighbors: [{rank, path, label, distance}]} per query.")
 def query(queries, index, k, open_set, threshold, calibration, model, out, batch_size, workers, device, as_json):
     """Find the k nearest gallery images of each query image (files or folders).
 

@@ -5,10 +5,9 @@ import json
 
 import click
 
-from ..core.config import BACKBONES, EMBED_FROM
-from ..training.losses import LOSSES, MINING
-
-from ..data import FORMATS
+from ..core.choices import BACKBONES, EMBED_FROM, LOSSES, MINING
+from .options import (batch_size_option, device_option, format_option, json_option, seed_option, split_option,
+                      workers_option)
 
 
 @click.command(context_settings={"show_default": True})
@@ -16,8 +15,8 @@ from ..data import FORMATS
               help="Dataset: identity folders, an MNIST/Fashion-MNIST IDX folder, Omniglot zip(s)/folder(s) "
                    "or a CelebA root. Repeat for several Omniglot roots.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint file to write (best epoch).")
-@click.option("--format", "format_", type=click.Choice(FORMATS), default="auto", help="Dataset layout.")
-@click.option("--split", default=None, help="Dataset split where the format has one (IDX: train|test|all; CelebA: train|valid|test|all).")
+@format_option
+@split_option("Dataset split where the format has one (IDX: train|test|all; CelebA: train|valid|test|all).")
 @click.option("--loss", type=click.Choice(LOSSES), default="triplet",
               help="contrastive: balanced pairs; triplet: M-per-class batches, see --mining; arcface: margin softmax.")
 @click.option("--backbone", type=click.Choice(BACKBONES), default="smallcnn", help="Network body; smallcnn is fast on CPU.")
@@ -32,7 +31,7 @@ from ..data import FORMATS
 @click.option("--hflip/--no-hflip", default=False, help="Horizontal flips as augmentation (faces, objects: yes; characters: no).")
 @click.option("--augment/--no-augment", default=True, help="Small random affine augmentation while training.")
 @click.option("--epochs", type=click.IntRange(1), default=10)
-@click.option("--batch-size", type=click.IntRange(2), default=64)
+@batch_size_option(minimum=2, help="Images per training batch.")
 @click.option("--m-per-class", type=click.IntRange(2), default=4, help="Images per identity in a batch (triplet, arcface).")
 @click.option("--steps-per-epoch", type=click.IntRange(1), default=None, help="Batches per epoch [default: one pass over the images].")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, help="AdamW learning rate (cosine schedule).")
@@ -40,15 +39,15 @@ from ..data import FORMATS
 @click.option("--mining", type=click.Choice(MINING), default="hard",
               help="Triplet mining: hard = hardest positive and negative per anchor; all = every active triplet "
                    "of the batch (try it when training has few identities and distances come out tiny).")
-@click.option("--seed", type=int, default=0, help="Seeds splits, samplers, augmentation and init.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@seed_option("Seeds splits, samplers, augmentation and init.")
+@device_option
 @click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=0.2, help="Share of identities held out for validation.")
-@click.option("--workers", type=click.IntRange(0), default=0, help="DataLoader worker processes.")
+@workers_option(help="DataLoader worker processes.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run that wrote OUT.last.")
 @click.option("--max-minutes", type=click.FloatRange(0, min_open=True), default=None,
               help="Wall-clock budget: the LR schedule follows the clock and training stops when it is spent "
                    "(--epochs becomes an upper bound).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option()
 def train(data, out, format_, split, loss, backbone, weights, input_size, channels, embedding_dim, embed_from, hflip,
           augment, epochs, batch_size, m_per_class, steps_per_epoch, lr, margin, mining, seed, device, val_fraction,
           workers, resume, max_minutes, as_json):

@@ -5,6 +5,8 @@ import json
 
 import click
 
+from .options import (batch_size_option, calibration_option, checkpoint_option, device_option, json_option,
+                      workers_option)
 from .precision import precision_option
 
 
@@ -16,21 +18,19 @@ def _source_line(result) -> str:
 
 @click.command(context_settings={"show_default": True})
 @click.argument("images", nargs=-1, type=click.Path(dir_okay=False))
-@click.option("--model", "model", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Checkpoint written by `siamsearch train`.")
+@checkpoint_option()
 @click.option("--threshold", type=click.FloatRange(0, 2), default=None,
               help="Distance threshold (same iff distance <= T) [default: the model's calibration].")
-@click.option("--calibration", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Calibration record to use instead of the model's own (.json from `calibrate --out`).")
+@calibration_option
 @click.option("--pairs", "pairs_csv", type=click.Path(exists=True, dir_okay=False), default=None,
               help="CSV with columns a,b[,is_same] (paths relative to the CSV's folder) to verify in batches.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
               help="With --pairs: write per-pair results (a,b,distance,is_same,expected,error) to this CSV.")
-@click.option("--batch-size", type=click.IntRange(1), default=64, help="Images per forward pass.")
-@click.option("--workers", type=click.IntRange(0), default=0, help="Image-decoding worker processes.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@batch_size_option()
+@workers_option()
+@device_option
 @precision_option
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option()
 def verify(images, model, threshold, calibration, pairs_csv, out, batch_size, workers, device, as_json):
     """Are IMAGE_A and IMAGE_B the same identity? (or every pair of --pairs CSV)
 

@@ -6,12 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from .errors import SiamsearchError
-
-#: Backbones :class:`siamsearch.core.model.EmbeddingNet` can build.
-BACKBONES = ("smallcnn", "resnet18", "resnet34", "resnet50", "efficientnet_b0")
-
-#: Where the embedding is read: the projection head or the backbone's pooled features.
-EMBED_FROM = ("head", "backbone")
+from .choices import BACKBONES, EMBED_FROM  # noqa: F401  (defined once there, torch-free)
 
 
 @dataclass(frozen=True)

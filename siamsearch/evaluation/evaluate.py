@@ -34,10 +34,9 @@ from ..core.errors import SiamsearchError
 from ..metrics import identification as ident
 from ..metrics import oneshot as oneshot_mod
 from ..metrics import verification as verif
+from ..core.choices import PROTOCOLS  # noqa: F401  (defined once there, torch-free)
 
 PathLike = Union[str, os.PathLike]
-
-PROTOCOLS = ("verification", "identification", "oneshot", "all")
 
 #: FPIR targets for open-set identification.
 DEFAULT_FPIRS = (1e-1, 1e-2)

@@ -8,8 +8,7 @@ from typing import Optional
 import numpy as np
 
 from ..core.images import list_images
-
-LABEL_MODES = ("from-folder", "none")
+from ..core.choices import LABEL_MODES  # noqa: F401  (defined once there, torch-free)
 
 
 @dataclass

@@ -18,9 +18,8 @@ from typing import Optional
 
 from ..core.errors import FingerprintMismatch, SiamsearchError
 from ..core.files import PathLike
+from ..core.choices import RULES  # noqa: F401  (defined once there, torch-free)
 
-#: Threshold rules accepted by :func:`calibrate`.
-RULES = ("far", "eer", "max-accuracy")
 #: Coverage of the confidence intervals in a record.
 CI_LEVEL = 0.95
 #: How the intervals are computed (stored in every record).
@@ -37,7 +36,6 @@ FEW_IDENTITIES = 10
 
 class CalibrationWarning(UserWarning):
     """The calibration is usable but weaker than asked (too few impostor pairs, no held-out check...)."""
-
 
 
 def binomial_ci(k: int, n: int, level: float = CI_LEVEL) -> tuple[float, float]:

@@ -20,8 +20,7 @@ from torch import nn
 
 from ..core.distance import distance_matrix, is_same_matrix, pair_distances
 from ..core.errors import SiamsearchError
-
-LOSSES = ("contrastive", "triplet", "arcface")
+from ..core.choices import LOSSES, MINING  # noqa: F401  (defined once there, torch-free)
 
 
 def _check_batch(embeddings: torch.Tensor, identities: torch.Tensor) -> None:
@@ -60,10 +59,6 @@ class ContrastiveLoss(nn.Module):
         d = pair_distances(emb_a, emb_b)
         same = is_same.float()
         return (same * d.pow(2) + (1.0 - same) * F.relu(self.margin - d).pow(2)).mean()
-
-
-#: Triplet mining strategies of :class:`TripletLoss`.
-MINING = ("all", "hard")
 
 
 def check_mining(mining: str) -> None:

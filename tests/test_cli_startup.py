@@ -1,0 +1,91 @@
+"""`siamsearch --help` and every subcommand's `--help` load no heavy library (torch, Faiss, h5py, ...).
+
+The commands import the library inside their functions and take their choice
+lists from the torch-free ``siamsearch.core.choices``; this keeps the CLI's
+start-up at a fraction of a second. The check runs in a fresh interpreter,
+since this test process has long imported torch.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from siamsearch.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "torchvision", "faiss", "h5py", "sklearn", "matplotlib", "scipy", "PIL")
+
+_PROBE = r"""
+import json, sys
+from siamsearch.cli import main
+heavy = %r
+out = {}
+for argv in json.loads(sys.argv[1]):
+    try:
+        main(argv + ["--help"], prog_name="siamsearch", standalone_mode=False)
+    except SystemExit:
+        pass
+    out[" ".join(argv) or "(top)"] = sorted(m for m in heavy if m in sys.modules)
+print(json.dumps(out))
+"""
+
+
+def command_paths(group: click.Group = main, prefix=()) -> list:
+    """Every command and subcommand as the words that name it (the top level is ``[]``)."""
+    paths = [list(prefix)]
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        cmd = group.get_command(ctx, name)
+        if isinstance(cmd, click.Group):
+            paths += command_paths(cmd, (*prefix, name))
+        else:
+            paths.append([*prefix, name])
+    return paths
+
+
+def test_every_help_is_free_of_heavy_imports():
+    paths = command_paths()
+    assert ["train"] in paths and ["index", "build"] in paths and ["data", "check"] in paths
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", _PROBE % (HEAVY,), json.dumps(paths)], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(loaded) == {" ".join(p) or "(top)" for p in paths}
+    offenders = {cmd: mods for cmd, mods in loaded.items() if mods}
+    assert not offenders, f"--help imported heavy libraries (first offender is the culprit): {offenders}"
+
+
+def test_the_probe_would_see_torch():
+    """The probe's check is real: a process that imports torch reports it."""
+    code = "import sys, torch; print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "True"
+
+
+def test_choices_are_defined_once():
+    """The modules that act on a choice re-export the one tuple of siamsearch.core.choices."""
+    from siamsearch.core import choices, config
+    from siamsearch.data import formats
+    from siamsearch.evaluation import evaluate
+    from siamsearch.gallery import scan
+    from siamsearch.query import record
+    from siamsearch.training import losses
+
+    assert config.BACKBONES is choices.BACKBONES and config.EMBED_FROM is choices.EMBED_FROM
+    assert losses.LOSSES is choices.LOSSES and losses.MINING is choices.MINING
+    assert formats.FORMATS is choices.FORMATS and record.RULES is choices.RULES
+    assert evaluate.PROTOCOLS is choices.PROTOCOLS and scan.LABEL_MODES is choices.LABEL_MODES
+
+
+def test_shared_options_are_declared_once():
+    """--device, --batch-size, --json, --seed, --workers appear in cli/options.py and nowhere else in the CLI."""
+    for path in (ROOT / "siamsearch" / "cli").glob("*.py"):
+        if path.name == "options.py":
+            continue
+        text = path.read_text(encoding="utf-8")
+        for opt in ('"--device"', '"--batch-size"', '"--json"', '"--seed"', '"--workers"', '"--progress/'):
+            assert opt not in text, f"{path.name} declares {opt} itself; use siamsearch.cli.options"
