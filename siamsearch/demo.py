@@ -30,14 +30,13 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 import numpy as np
 from PIL import Image
 
 from .core.errors import SiamsearchError
-
-PathLike = Union[str, os.PathLike]
+from .core.files import PathLike
 
 ABSENT_FROM_GALLERY = 9
 

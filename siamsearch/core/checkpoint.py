@@ -22,23 +22,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import torch
 
 from .config import ModelConfig
-from .errors import CheckpointError, FingerprintMismatch, SiamsearchError
+from .errors import CheckpointError, SiamsearchError, check_fingerprint
+from .files import PathLike, atomic_path
 
 FORMAT = "siamsearch.checkpoint"
 FORMAT_VERSION = 1
-PathLike = Union[str, os.PathLike]
-
 
 def compute_fingerprint(config: ModelConfig, state_dict: dict[str, torch.Tensor]) -> str:
     """16 hex chars identifying a model: SHA-256 over the config JSON and every weight tensor."""
@@ -66,17 +63,9 @@ class Checkpoint:
 
 
 def atomic_torch_save(obj: Any, path: PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path`` (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_checkpoint(
@@ -169,10 +158,8 @@ def write_calibration(path: PathLike, record: Optional[dict]) -> None:
         FingerprintMismatch: when ``record["model_fingerprint"]`` is not this checkpoint's.
     """
     obj = _read(path)
-    if record is not None and record.get("model_fingerprint") not in (None, obj["fingerprint"]):
-        raise FingerprintMismatch(
-            f"calibration was made for model {record.get('model_fingerprint')}, "
-            f"but {path} is model {obj['fingerprint']}; calibrate this model with `siamsearch calibrate`"
-        )
+    if record is not None and record.get("model_fingerprint") is not None:
+        check_fingerprint(record["model_fingerprint"], obj["fingerprint"], made="the calibration was made for",
+                          what=str(path), fix="calibrate this model with `siamsearch calibrate`")
     obj["calibration"] = json.dumps(record, sort_keys=True) if record else ""
     atomic_torch_save(obj, path)

@@ -13,6 +13,9 @@ import torch
 
 Array = Union[np.ndarray, torch.Tensor]
 
+#: The decision rule everywhere (verification, open-set queries, calibration, evaluation), as stored in records.
+DECISION_RULE = "distance <= threshold -> same"
+
 
 def is_same_pairs(identities_a: Array, identities_b: Array) -> Array:
     """``is_same[i] = identities_a[i] == identities_b[i]`` (bool, shape ``[P]``)."""
@@ -25,13 +28,6 @@ def is_same_matrix(identities: Array) -> Array:
         return identities.unsqueeze(0) == identities.unsqueeze(1)
     identities = np.asarray(identities)
     return identities[None, :] == identities[:, None]
-
-
-def inner_product_to_distance(ip: Array) -> Array:
-    """Euclidean distance between unit vectors from their inner product: ``sqrt(2 - 2 ip)``, in [0, 2]."""
-    if isinstance(ip, torch.Tensor):
-        return torch.sqrt(torch.clamp(2.0 - 2.0 * ip, min=0.0))
-    return np.sqrt(np.clip(2.0 - 2.0 * np.asarray(ip, dtype=np.float64), 0.0, None)).astype(np.float32)
 
 
 def squared_to_distance(d2: Array) -> Array:

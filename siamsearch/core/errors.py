@@ -36,3 +36,20 @@ class FingerprintMismatch(SiamsearchError):
 
 class GalleryError(SiamsearchError):
     """A gallery folder that is missing, damaged or inconsistent."""
+
+
+def check_fingerprint(expected: str, got: str, made: str, what: str, fix: str) -> None:
+    """The one check that an artifact and a model belong together.
+
+    Raises :class:`FingerprintMismatch` unless ``got == expected``, with the message
+    ``"{made} model {expected}, but {what} is model {got}; {fix}"``.
+
+    Args:
+        expected: the fingerprint the artifact (gallery, calibration record) records.
+        got: the fingerprint of the model (or checkpoint) offered.
+        made: how the artifact relates to its model, e.g. ``"index/shop was built with"``.
+        what: names the offered model, e.g. ``"the given model"`` or a checkpoint's path.
+        fix: what the user should do, ending the message.
+    """
+    if str(got) != str(expected):
+        raise FingerprintMismatch(f"{made} model {expected}, but {what} is model {got}; {fix}")

@@ -1,4 +1,10 @@
-"""Atomic file replacement: write to a temporary name in the same folder, then rename."""
+"""File helpers every layer uses: the ``PathLike`` type and the one atomic writer.
+
+Atomic replacement: write to a temporary name in the same folder, fsync, then
+rename over the final name, so that a crash never leaves a half-written file
+under that name. :func:`atomic_path` is the one implementation (checkpoints,
+calibration records, gallery files and manifests all go through it).
+"""
 from __future__ import annotations
 
 import contextlib
@@ -7,6 +13,7 @@ import os
 import tempfile
 from typing import Iterator, Union
 
+#: A file-system path as accepted everywhere in siamsearch.
 PathLike = Union[str, os.PathLike]
 
 
@@ -30,10 +37,12 @@ def atomic_path(path: PathLike) -> Iterator[str]:
     """Yield a temporary path next to ``path``; on success it is fsynced and renamed over ``path``.
 
     On an exception the temporary file is removed and ``path`` is left as it was,
-    so a crash never leaves a half-written file under the final name.
+    so a crash never leaves a half-written file under the final name. The parent
+    folder is created when missing.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     os.close(fd)
     try:
@@ -46,9 +55,9 @@ def atomic_path(path: PathLike) -> Iterator[str]:
             os.unlink(tmp)
 
 
-def write_json_atomic(path: PathLike, obj: object) -> None:
+def write_json_atomic(path: PathLike, obj: object, sort_keys: bool = False) -> None:
     """Write ``obj`` as indented UTF-8 JSON to ``path`` atomically."""
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=False)
+            json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=sort_keys)
             f.write("\n")

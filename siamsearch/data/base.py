@@ -26,8 +26,6 @@ from torch.utils.data.dataloader import default_collate
 from ..core.errors import SiamsearchError, UnreadableImage
 from ..core.images import read_image, read_image_bytes, sha256_file
 
-PathLike = Union[str, os.PathLike]
-
 
 class UnreadableImageWarning(UserWarning):
     """Issued (once per file and process) when a dataset skips an unreadable image."""
@@ -234,18 +232,6 @@ class ImageDataset(Dataset):
         n = len(images)
         backend = ArrayBackend(images, "", [name], np.zeros(n, np.int32), np.arange(n))
         return cls(backend, np.arange(n), ids, names, "arrays", root=name)
-
-    @classmethod
-    def from_files(cls, paths: Sequence[PathLike], identity_names_per_file: Sequence[str],
-                   format: str = "files") -> "ImageDataset":
-        """Image files with one identity name each; ids follow the sorted names."""
-        if len(paths) != len(identity_names_per_file):
-            raise SiamsearchError("need one identity name per file")
-        uniq, ids = np.unique(np.asarray(list(identity_names_per_file), dtype=object).astype(str),
-                              return_inverse=True)
-        abs_paths = [os.fspath(p) for p in paths]
-        backend = EntryBackend([""], ["dir"], np.zeros(len(abs_paths), np.int32), abs_paths)
-        return cls(backend, np.arange(len(abs_paths)), ids, [str(u) for u in uniq], format)
 
     # ---- basic access
     def __len__(self) -> int:

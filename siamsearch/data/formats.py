@@ -45,8 +45,7 @@ from ..core.errors import SiamsearchError
 from ..core.images import is_image_file, iter_images, list_images
 from .base import ArrayBackend, EntryBackend, ImageDataset
 from ..core.choices import FORMATS  # noqa: F401  (defined once there, torch-free)
-
-PathLike = Union[str, os.PathLike]
+from ..core.files import PathLike
 
 #: Fashion-MNIST class names, index = label.
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",

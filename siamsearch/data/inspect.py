@@ -23,8 +23,8 @@ from . import ImageDataset, MPerClassBatchSampler, guess_channels_and_size, open
 from ..core.distance import distance_matrix, is_same_matrix
 from ..core.errors import SiamsearchError, UnreadableImage
 from ..core.preprocess import build_transform, denormalize, seed_augmentation
+from ..core.files import PathLike
 
-PathLike = Union[str, os.PathLike]
 DataArg = Union[PathLike, Sequence[PathLike], ImageDataset]
 
 #: PIL modes that hold grey pixels only.

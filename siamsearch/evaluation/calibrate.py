@@ -25,9 +25,7 @@ ever applied to the model whose fingerprint it carries (:func:`check_record`).
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -36,11 +34,10 @@ import numpy as np
 
 from .._version import __version__
 from ..core.distance import pair_distances
-from ..core.errors import CheckpointError, FingerprintMismatch, SiamsearchError
+from ..core.errors import CheckpointError, SiamsearchError, check_fingerprint
 from ..query.record import (CI_METHOD, DECISION_RULE, FEW_IDENTITIES, RECORD_KIND, RECORD_VERSION, RULES,
                             CalibrationWarning, binomial_ci)
-
-PathLike = Union[str, os.PathLike]
+from ..core.files import PathLike, write_json_atomic
 
 def choose_threshold(distances: np.ndarray, is_same: np.ndarray, rule: str = "far",
                      target_far: Optional[float] = 1e-3) -> dict:
@@ -190,19 +187,6 @@ def calibration_pairs(model, ds, pairs: int, seed: int, batch_size: int = 128,
 
 
 # --------------------------------------------------------------------------- storage
-def _write_json(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def store_record(record: dict, out: PathLike) -> None:
     """Store ``record`` into a checkpoint (``write_calibration``) or, for ``*.json``, a JSON file.
 
@@ -211,7 +195,7 @@ def store_record(record: dict, out: PathLike) -> None:
     """
     out = Path(out)
     if out.suffix.lower() == ".json":
-        _write_json(out, record)
+        write_json_atomic(out, record, sort_keys=True)
         return
     from ..core.checkpoint import write_calibration
 
@@ -231,9 +215,8 @@ def _check_out(out: Path, fingerprint: str) -> None:
     except SiamsearchError:
         raise SiamsearchError(f"--out {out}: no such checkpoint; store the calibration in the model itself "
                               f"(the default) or in a .json file") from None
-    if other != fingerprint:
-        raise FingerprintMismatch(f"--out {out} is model {other}, but the calibration is for model {fingerprint}; "
-                                  "store it in the calibrated model (the default) or in a .json file")
+    check_fingerprint(fingerprint, other, made="the calibration is for", what=f"--out {out}",
+                      fix="store it in the calibrated model (the default) or in a .json file")
 
 
 # --------------------------------------------------------------------------- entry point

@@ -29,14 +29,13 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from .._version import __version__
-from ..core.distance import pair_distances
+from ..core.distance import DECISION_RULE, pair_distances
 from ..core.errors import SiamsearchError
 from ..metrics import identification as ident
 from ..metrics import oneshot as oneshot_mod
 from ..metrics import verification as verif
 from ..core.choices import PROTOCOLS  # noqa: F401  (defined once there, torch-free)
-
-PathLike = Union[str, os.PathLike]
+from ..core.files import PathLike
 
 #: FPIR targets for open-set identification.
 DEFAULT_FPIRS = (1e-1, 1e-2)
@@ -374,7 +373,7 @@ def evaluate(
                                                else [os.fspath(p) for p in data]),
             "format": format, "split": split, "protocol": protocol, "index": None if index is None else os.fspath(index),
             "pairs": int(pairs), "seed": int(seed), "limit": limit, "n_boot": int(n_boot),
-            "decision_rule": "distance <= threshold -> same", "siamsearch": __version__,
+            "decision_rule": DECISION_RULE, "siamsearch": __version__,
             "python": platform.python_version(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },

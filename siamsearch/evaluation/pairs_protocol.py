@@ -38,12 +38,11 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from .._version import __version__
-from ..core.distance import pair_distances
+from ..core.distance import DECISION_RULE, pair_distances
 from ..core.errors import SiamsearchError
 from ..metrics import verification as verif
 from ..metrics.folds import fold_accuracy, stratified_folds
-
-PathLike = Union[str, os.PathLike]
+from ..core.files import PathLike
 
 #: Pairs file formats :func:`read_pairs` reads.
 PAIRS_FORMATS = ("auto", "lfw", "csv")
@@ -424,7 +423,7 @@ def evaluate_pairs(
             "images": None if images is None else os.fspath(images), "format": f"{plist.format}-pairs",
             "protocol": "pairs", "n_folds": cv["n_folds"], "fold_source": cv["fold_source"], "seed": int(seed),
             "n_boot": int(n_boot), "skip_missing": bool(skip_missing),
-            "decision_rule": "distance <= threshold -> same", "siamsearch": __version__,
+            "decision_rule": DECISION_RULE, "siamsearch": __version__,
             "python": platform.python_version(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },

@@ -18,6 +18,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..core.distance import DECISION_RULE
 from ..core.images import as_pil
 
 GENUINE_COLOUR = "#1f77b4"
@@ -72,7 +73,7 @@ def plot_roc(distances: np.ndarray, is_same: np.ndarray, v: dict, threshold: Opt
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("false accept rate (FAR, log scale)")
     ax.set_ylabel("true accept rate (TAR)")
-    ax.set_title("ROC (rule: distance <= threshold -> same)")
+    ax.set_title(f"ROC (rule: {DECISION_RULE})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     return _png(fig)
@@ -428,7 +429,7 @@ def render_markdown(metrics: dict, figs: dict[str, bytes], caps: dict[str, str])
     s = metrics.get("settings", {})
     lines = ["# siamsearch evaluation report", "",
              f"Model `{s.get('model')}` ({s.get('model_fingerprint')}) on `{s.get('data')}`; "
-             "rule: distance <= threshold -> same.", ""]
+             f"rule: {DECISION_RULE}.", ""]
     if metrics.get("warnings"):
         lines += ["**Warnings**", ""] + [f"- {w}" for w in metrics["warnings"]] + [""]
     for title, header, rows in _sections(metrics):

@@ -17,9 +17,8 @@ folder scan is :mod:`siamsearch.gallery.scan`; result types are in
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import numpy as np
 
@@ -31,10 +30,10 @@ from .results import BuildReport, SearchResult
 from .scan import LABEL_MODES
 from .store import GalleryReader
 from .sync import default_workers, json_or_raw, load_index, sync
+from ..core.files import PathLike
 
 __all__ = ["Gallery", "SearchResult", "BuildReport", "update_gallery", "default_workers", "LABEL_MODES"]
 
-PathLike = Union[str, os.PathLike]
 #: Embedding norms farther than this from 1 are refused as query embeddings.
 NORM_TOLERANCE = 1e-3
 

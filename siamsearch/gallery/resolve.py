@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import FingerprintMismatch, SiamsearchError
+from ..core.errors import SiamsearchError, check_fingerprint
 
 
 def is_embedder(obj: Any) -> bool:
@@ -31,10 +31,8 @@ def check_gallery_model(folder: Path, attrs: dict, fingerprint: str, what: str, 
         what: names the offered model in the message (e.g. "the given model").
         fix: what the user should do, ending the message.
     """
-    expected = str(attrs["model_fingerprint"])
-    if fingerprint != expected:
-        raise FingerprintMismatch(f"{folder} was built with model {expected}, but {what} is model {fingerprint}; "
-                                  f"{fix}")
+    check_fingerprint(str(attrs["model_fingerprint"]), fingerprint, made=f"{folder} was built with", what=what,
+                      fix=fix)
 
 
 def rebuild_command(folder: Path, attrs: dict) -> str:

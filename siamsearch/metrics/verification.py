@@ -31,6 +31,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..core.distance import DECISION_RULE
 from ..core.errors import SiamsearchError
 
 #: FAR targets reported by default.
@@ -356,7 +357,7 @@ def verification_metrics(
         "n_pairs": int(s.size),
         "n_genuine": int(s.sum()),
         "n_impostor": n_imp,
-        "decision_rule": "distance <= threshold -> same",
+        "decision_rule": DECISION_RULE,
         "auc": {"value": point["auc"], "ci95": with_ci("auc")},
         "eer": {"value": point["eer"], "threshold": point["eer_threshold"], "ci95": with_ci("eer")},
         "best_accuracy": {

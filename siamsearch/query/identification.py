@@ -24,13 +24,12 @@ import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 
-from ..core.errors import SiamsearchError
+from ..core.errors import SiamsearchError, check_fingerprint
 from ..core.images import list_images
-
-PathLike = Union[str, os.PathLike]
+from ..core.files import PathLike
 
 #: The prediction for a query whose nearest neighbour is beyond the open-set threshold.
 UNKNOWN = "unknown"
@@ -182,11 +181,9 @@ def open_gallery(index, model=None, device: str = "auto"):
 
         model = load_model(model, device=device)
     if isinstance(index, Gallery):
-        if model is not None and model.fingerprint != index.fingerprint:
-            from ..core.errors import FingerprintMismatch
-
-            raise FingerprintMismatch(f"{index.folder} was built with model {index.fingerprint} but the given model "
-                                      f"is {model.fingerprint}; query with the model that built it")
+        if model is not None:
+            check_fingerprint(index.fingerprint, model.fingerprint, made=f"{index.folder} was built with",
+                              what="the given model", fix="query with the model that built it")
         gallery = index
     else:
         gallery = Gallery.open(index, model=model)

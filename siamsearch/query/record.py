@@ -16,7 +16,8 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from ..core.errors import FingerprintMismatch, SiamsearchError
+from ..core.errors import SiamsearchError, check_fingerprint
+from ..core.distance import DECISION_RULE  # noqa: F401  (re-exported: the record stores it)
 from ..core.files import PathLike
 from ..core.choices import RULES  # noqa: F401  (defined once there, torch-free)
 
@@ -28,7 +29,6 @@ CI_METHOD = ("Clopper-Pearson exact binomial interval on the pair counts (95%); 
 #: Marker and version of the record layout.
 RECORD_KIND = "siamsearch.calibration"
 RECORD_VERSION = 1
-DECISION_RULE = "distance <= threshold -> same"
 #: Below this many held-out identities the record carries a warning: the impostor pairs then only
 #: show how these few identities differ, not how new ones will.
 FEW_IDENTITIES = 10
@@ -77,11 +77,9 @@ def check_record(record: Optional[dict], fingerprint: str, where: str = "the mod
     if not isinstance(record, dict) or record.get("threshold") is None:
         raise SiamsearchError(f"{where} has no usable calibration record; run "
                               f"`siamsearch calibrate --model MODEL.pt --data HELD_OUT_DATA`")
-    if record.get("model_fingerprint") != fingerprint:
-        raise FingerprintMismatch(
-            f"the calibration record was made for model {record.get('model_fingerprint')}, but {where} is model "
-            f"{fingerprint}; a threshold only holds for the model it was chosen for. Re-run "
-            f"`siamsearch calibrate` for this model, or pass --threshold explicitly")
+    check_fingerprint(record.get("model_fingerprint"), fingerprint, made="the calibration record was made for",
+                      what=where, fix="a threshold only holds for the model it was chosen for. Re-run "
+                                      "`siamsearch calibrate` for this model, or pass --threshold explicitly")
     return record
 
 

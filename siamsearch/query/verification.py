@@ -26,10 +26,10 @@ from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from .record import binomial_ci, check_record, load_record
-from ..core.distance import pair_distances
+from ..core.distance import DECISION_RULE, pair_distances
 from ..core.errors import SiamsearchError
+from ..core.files import PathLike
 
-PathLike = Union[str, os.PathLike]
 CalibrationLike = Union[None, Mapping, PathLike]
 
 #: Where a threshold came from.
@@ -300,7 +300,7 @@ def _pair_metrics(d: np.ndarray, expected: np.ndarray, threshold: float) -> dict
         "false_accepts": fa,
         "false_rejects": fr,
         "auc": verif.roc_auc(d, expected) if n_gen and n_imp else None,
-        "decision_rule": "distance <= threshold -> same",
+        "decision_rule": DECISION_RULE,
     }
 
 

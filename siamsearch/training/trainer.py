@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import time
 from dataclasses import dataclass
@@ -39,8 +38,7 @@ from ..metrics.identification import precision_at_1
 from ..metrics.verification import roc_auc
 from ..core.model import EmbeddingNet
 from ..core.preprocess import build_transform, seed_augmentation
-
-PathLike = Union[str, os.PathLike]
+from ..core.files import PathLike
 
 
 @dataclass(frozen=True)
