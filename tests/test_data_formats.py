@@ -49,6 +49,30 @@ def test_folders_nested_images_belong_to_top_folder_and_loose_files_ignored(tmp_
     assert ds.notes
 
 
+def test_symlinked_identity_folders_are_read(tmp_path):
+    """A training set assembled from symbolic links to identity folders (a common way to build one)."""
+    store = make_folders(tmp_path / "store", {"ann": 3, "bob": 2})
+    root = tmp_path / "ds"
+    root.mkdir()
+    (root / "ann").symlink_to(store / "ann", target_is_directory=True)
+    (root / "bob").symlink_to(store / "bob", target_is_directory=True)
+    make_folders(root, {"cat": 2}, seed=7)  # a real folder beside the links
+    ds = open_dataset(root)
+    assert ds.identity_names == ["ann", "bob", "cat"]
+    assert list(np.bincount(ds.identities)) == [3, 2, 2]
+    assert all(ds.load(i) is not None for i in range(len(ds)))
+
+
+def test_symlink_loop_is_not_followed_forever(tmp_path):
+    root = make_folders(tmp_path / "ds", {"ann": 2, "bob": 2})
+    (root / "ann" / "again").symlink_to(root, target_is_directory=True)   # ds/ann/again -> ds
+    (root / "bob" / "self").symlink_to(root / "bob", target_is_directory=True)
+    with pytest.warns(UserWarning, match="symbolic link loop"):
+        ds = open_dataset(root)
+    assert ds.identity_names == ["ann", "bob"]
+    assert list(np.bincount(ds.identities)) == [2, 2]
+
+
 def test_with_transform_and_getitem(tmp_path):
     ds = open_dataset(make_folders(tmp_path / "ds", {"a": 2, "b": 2}, size=9))
     t = ds.with_transform(lambda im: torch.zeros(1, im.size[1], im.size[0]))

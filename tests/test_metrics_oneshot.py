@@ -96,3 +96,19 @@ def test_official_runs(shared_data):
     pixels = lambda ims: np.stack([np.asarray(im.convert("L").resize((28, 28)), np.float32).ravel() for im in ims])  # noqa: E731
     acc = oneshot.oneshot_accuracy(runs, pixels)
     assert 0.05 < acc < 0.9
+
+
+def test_nan_embeddings_are_refused(tmp_path):
+    """A diverged model gives NaN embeddings: an error, not a silent 1/N accuracy."""
+    runs = oneshot.load_oneshot_runs(make_oneshot_runs(tmp_path / "all_runs"))
+
+    def nan_embed(images):
+        e = _mean_embed(images)
+        e[1, 0] = np.nan
+        return e
+
+    for score in (oneshot.oneshot_accuracy, oneshot.oneshot_per_run, oneshot.oneshot_metrics):
+        with pytest.raises(SiamsearchError, match="NaN"):
+            score(runs, nan_embed)
+    with pytest.raises(SiamsearchError, match="NaN or infinity"):
+        oneshot.run_predictions(runs[0], lambda ims: np.full((len(ims), 2), np.inf, np.float32))

@@ -48,9 +48,28 @@ def list_images(root: Union[str, os.PathLike]) -> list[Path]:
 
 
 def iter_images(root: Path) -> Iterator[Path]:
-    """Yield image files below ``root`` in directory order (streaming, unsorted)."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    """Yield image files below ``root`` in directory order (streaming, unsorted).
+
+    Symbolic links to folders are followed (a dataset assembled from links to
+    identity folders reads like a copied one). A link that leads back into a
+    folder on its own path (a loop) is not followed, with a warning.
+    """
+    # For each folder still to visit: the real paths of the folders on its way from root.
+    ancestors = {os.fspath(root): frozenset({os.path.realpath(root)})}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        above = ancestors.pop(dirpath, frozenset())
+        keep = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                continue
+            full = os.path.join(dirpath, d)
+            real = os.path.realpath(full)
+            if real in above:
+                warnings.warn(f"{full}: symbolic link loop (it leads back to {real}); not followed", stacklevel=2)
+                continue
+            ancestors[full] = above | {real}
+            keep.append(d)
+        dirnames[:] = keep
         for name in filenames:
             if not name.startswith(".") and is_image_file(name):
                 yield Path(dirpath) / name

@@ -16,6 +16,7 @@ import os
 import threading
 import warnings
 import zipfile
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -24,7 +25,32 @@ from torch.utils.data import Dataset
 from torch.utils.data.dataloader import default_collate
 
 from ..core.errors import SiamsearchError, UnreadableImage
+from ..core.files import PathLike
 from ..core.images import read_image, read_image_bytes, sha256_file
+
+
+#: The dataset layouts the loaders read, as error messages list them.
+ACCEPTED_LAYOUTS = (
+    "siamsearch reads these dataset layouts (--format):\n"
+    "  folders   DIR/<identity>/<image files>: one sub-folder of images per identity\n"
+    "  idx       DIR holding MNIST/Fashion-MNIST IDX files: train-images-idx3-ubyte[.gz] and\n"
+    "            train-labels-idx1-ubyte[.gz] (t10k-* for the test split)\n"
+    "  omniglot  Omniglot zip files or folders: .../<Alphabet>/characterNN/*.png (several allowed)\n"
+    "  celeba    DIR with img_align_celeba/ and identity_CelebA.txt (+ list_eval_partition.txt)"
+)
+
+
+def as_paths(path: Union[PathLike, Sequence[PathLike]]) -> list[Path]:
+    if isinstance(path, (str, os.PathLike)):
+        paths = [Path(path)]
+    else:
+        paths = [Path(p) for p in path]
+    if not paths:
+        raise SiamsearchError("no dataset path given")
+    for p in paths:
+        if not p.exists():
+            raise SiamsearchError(f"{p} does not exist; give a dataset folder or file.\n{ACCEPTED_LAYOUTS}")
+    return paths
 
 
 class UnreadableImageWarning(UserWarning):

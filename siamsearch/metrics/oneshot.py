@@ -164,6 +164,9 @@ def run_predictions(run: OneShotRun, embed_fn: EmbedFn) -> tuple[np.ndarray, np.
 
     Returns:
         ``(predicted [Q] int64 reference index, distances [Q, N] float32)``.
+
+    Raises:
+        SiamsearchError: when ``embed_fn`` returns a wrong shape, NaN or infinity.
     """
     emb = np.asarray(embed_fn(list(run.references) + list(run.queries)), dtype=np.float32)
     n = len(run.references)
@@ -171,6 +174,9 @@ def run_predictions(run: OneShotRun, embed_fn: EmbedFn) -> tuple[np.ndarray, np.
         raise SiamsearchError(
             f"embed_fn returned shape {emb.shape} for {n + len(run.queries)} images; it must return [n, d]"
         )
+    if not np.all(np.isfinite(emb)):
+        raise SiamsearchError(f"one-shot {run.name}: embeddings contain NaN or infinity; check the model "
+                              "(a diverged training run gives NaN weights)")
     dist = distance_matrix(emb[n:], emb[:n])
     return dist.argmin(axis=1).astype(np.int64), dist
 
