@@ -13,7 +13,8 @@ from datagen import make_folders, make_idx, make_zip, omniglot_members
 from siamsearch.cli import main
 from siamsearch.core.errors import UnreadableImage
 from siamsearch.core.images import read_image
-from siamsearch.data.inspect import check_dataset, format_report, preview_pairs
+from siamsearch.data.inspect import check_dataset, format_report
+from siamsearch.data.preview import preview_pairs
 
 
 @pytest.fixture

@@ -81,7 +81,7 @@ def preview(paths, format_, split, model, n_pairs, augment, triplets, m_per_clas
       siamsearch data preview ../shared/data/fashion-mnist --pairs 16 --out pairs.png
       siamsearch data preview faces/ --triplets --model model.pt
     """
-    from ..data.inspect import preview_pairs
+    from ..data.preview import preview_pairs
 
     path = preview_pairs(_paths(paths), out=out, format=format_, split=split, n_pairs=n_pairs, augment=augment,
                          seed=seed, model=model, triplets=triplets, m_per_class=m_per_class)
