@@ -112,6 +112,41 @@ def _write_pairs_csv(folder: Path, out: Path, n: int, seed: int) -> Path:
     return out
 
 
+def _data_and_model(data: Path, model_path: Path, log: list, quick: bool, seed: int, epochs: Optional[int]) -> None:
+    """Write the digit folders and train the model, each unless a previous run left it."""
+    from .training import trainer
+
+    if not (data / "probe").exists():
+        counts = _step("write data", log, write_demo_folders, data,
+                       per_digit=60 if quick else None, seed=seed)
+        _say(", ".join(f"{k}/: {v} images" for k, v in counts.items()))
+    else:
+        _say(f"reusing {data} (use --fresh to start over)")
+    if not model_path.exists():
+        epochs = epochs or (1 if quick else 8)
+        res = _step("train", log, trainer.train, data / "train", model_path, epochs=epochs,
+                    input_size=28, batch_size=64, seed=seed, steps_per_epoch=5 if quick else None,
+                    val_pairs=1000 if quick else 4000, progress=not quick)
+        _say(f"model {res.fingerprint}, best epoch {res.best_epoch}: val ROC-AUC {res.best.get('val_auc', float('nan')):.4f}")
+    else:
+        _say(f"reusing {model_path}")
+
+
+def _score_probes(report) -> dict:
+    """Open-set answers for the probes scored against their digit folders (digit 9 is in no gallery)."""
+    truth = {a.query: Path(a.query).parent.name for a in report.answers if a.error is None}  # digit_N folder
+    absent_name = f"digit_{ABSENT_FROM_GALLERY}"
+    known = [a for a in report.answers if a.query in truth and truth[a.query] != absent_name]
+    absent = [a for a in report.answers if truth.get(a.query) == absent_name]
+    return {
+        "probes_known": len(known),
+        "correct_known": sum(a.prediction == truth[a.query] for a in known) / max(1, len(known)),
+        "rejected_known": sum(a.prediction == "unknown" for a in known) / max(1, len(known)),
+        "probes_absent": len(absent),
+        "unknown_for_absent": sum(a.prediction == "unknown" for a in absent) / max(1, len(absent)),
+    }
+
+
 def run_demo(out: PathLike = "runs/demo", index: PathLike = "index/demo", fresh: bool = False, quick: bool = False,
              seed: int = 0, epochs: Optional[int] = None) -> dict:
     """Run the whole pipeline (data, train, calibrate, index build, query, verify, evaluate).
@@ -126,7 +161,6 @@ def run_demo(out: PathLike = "runs/demo", index: PathLike = "index/demo", fresh:
     Returns:
         The summary dict that is also written to ``out/summary.json``.
     """
-    from .training import trainer
     from .evaluation.calibrate import calibrate
     from .core.checkpoint import load_checkpoint
     from .evaluation.evaluate import evaluate
@@ -143,21 +177,7 @@ def run_demo(out: PathLike = "runs/demo", index: PathLike = "index/demo", fresh:
     data, model_path, log = out / "data", out / "model.pt", []
     t_start = time.time()
 
-    if not (data / "probe").exists():
-        counts = _step("write data", log, write_demo_folders, data,
-                       per_digit=60 if quick else None, seed=seed)
-        _say(", ".join(f"{k}/: {v} images" for k, v in counts.items()))
-    else:
-        _say(f"reusing {data} (use --fresh to start over)")
-
-    if not model_path.exists():
-        epochs = epochs or (1 if quick else 8)
-        res = _step("train", log, trainer.train, data / "train", model_path, epochs=epochs,
-                    input_size=28, batch_size=64, seed=seed, steps_per_epoch=5 if quick else None,
-                    val_pairs=1000 if quick else 4000, progress=not quick)
-        _say(f"model {res.fingerprint}, best epoch {res.best_epoch}: val ROC-AUC {res.best.get('val_auc', float('nan')):.4f}")
-    else:
-        _say(f"reusing {model_path}")
+    _data_and_model(data, model_path, log, quick, seed, epochs)
 
     ck = load_checkpoint(model_path)
     record = ck.calibration
@@ -178,17 +198,7 @@ def run_demo(out: PathLike = "runs/demo", index: PathLike = "index/demo", fresh:
 
     report = _step("query", log, identify, gallery,
                    [data / "probe"], k=5, open_set=True)
-    truth = {a.query: Path(a.query).parent.name for a in report.answers if a.error is None}  # digit_N folder
-    absent_name = f"digit_{ABSENT_FROM_GALLERY}"
-    known = [a for a in report.answers if a.query in truth and truth[a.query] != absent_name]
-    absent = [a for a in report.answers if truth.get(a.query) == absent_name]
-    ident = {
-        "probes_known": len(known),
-        "correct_known": sum(a.prediction == truth[a.query] for a in known) / max(1, len(known)),
-        "rejected_known": sum(a.prediction == "unknown" for a in known) / max(1, len(known)),
-        "probes_absent": len(absent),
-        "unknown_for_absent": sum(a.prediction == "unknown" for a in absent) / max(1, len(absent)),
-    }
+    ident = _score_probes(report)
     _say(f"known-digit probes: {ident['correct_known']:.1%} identified correctly, {ident['rejected_known']:.1%} "
           f"answered unknown; digit {ABSENT_FROM_GALLERY} (not in the gallery): {ident['unknown_for_absent']:.1%} "
           "answered unknown")
