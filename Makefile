@@ -22,7 +22,7 @@ test: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m slow
 
 demo: $(STAMP)
 	$(VENV)/bin/siamsearch demo
