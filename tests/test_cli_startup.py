@@ -83,6 +83,10 @@ def test_choices_are_defined_once():
     assert losses.LOSSES is choices.LOSSES and losses.MINING is choices.MINING
     assert formats.FORMATS is choices.FORMATS and record.RULES is choices.RULES
     assert evaluate.PROTOCOLS is choices.PROTOCOLS and scan.LABEL_MODES is choices.LABEL_MODES
+    from siamsearch.cli import precision
+    from siamsearch.core import inference
+
+    assert inference.PRECISIONS is choices.PRECISIONS and precision.CHOICES is choices.PRECISIONS
 
 
 def test_shared_options_are_declared_once():

@@ -110,5 +110,5 @@ def test_nan_embeddings_are_refused(tmp_path):
     for score in (oneshot.oneshot_accuracy, oneshot.oneshot_per_run, oneshot.oneshot_metrics):
         with pytest.raises(SiamsearchError, match="NaN"):
             score(runs, nan_embed)
-    with pytest.raises(SiamsearchError, match="NaN or infinity"):
+    with pytest.raises(SiamsearchError, match="NaN or infinite"):
         oneshot.run_predictions(runs[0], lambda ims: np.full((len(ims), 2), np.inf, np.float32))

@@ -8,9 +8,9 @@ import click
 from ..core.choices import LABEL_MODES
 from .options import (batch_size_option, checkpoint_option, device_option, json_option, progress_option,
                       strict_option, workers_option)
+from .precision import precision_option
 
 _workers_auto = workers_option(None, "Image-decoding worker processes [default: one per spare CPU core, at most 4].")
-from .precision import precision_option
 _FACTORY_HELP = ("Faiss index: auto (exact Flat while fast enough, tuned IVF beyond), Flat, HNSW32, IVF, "
                  "IVF4096, or any Faiss factory string such as IVF4096,PQ32.")
 

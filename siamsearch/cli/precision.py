@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import click
 
-#: Same names as :data:`siamsearch.core.inference.PRECISIONS` (kept literal so ``--help`` does not load torch).
-CHOICES = ("auto", "fp32", "bf16", "fp16")
+from ..core.choices import PRECISIONS as CHOICES  # torch-free, so ``--help`` does not load torch
 
 
 def _apply(ctx: click.Context, param: click.Parameter, value: str) -> str:

@@ -36,3 +36,6 @@ LABEL_MODES = ("from-folder", "none")
 
 #: Devices every command accepts; ``auto`` picks CUDA when a GPU is visible.
 DEVICES = ("auto", "cpu", "cuda")
+
+#: Inference precisions (:mod:`siamsearch.core.inference`); ``auto`` = bf16 where the CPU has it natively.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")

@@ -37,10 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from .choices import PRECISIONS  # (accepted by ``--precision`` and the API; defined once there, torch-free)
 from .errors import SiamsearchError, UnreadableImage
 
-#: Precisions accepted by ``--precision`` and the API.
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 #: ``compile="auto"`` compiles the network for jobs of at least this many images. Why this size: compiling

@@ -26,6 +26,7 @@ from PIL import Image
 from ..core.distance import distance_matrix
 from ..core.errors import SiamsearchError
 from ..core.images import read_image, read_image_bytes
+from .knn import as_vectors
 
 #: ``embed_fn(list of PIL images) -> [n, d]`` float embeddings.
 EmbedFn = Callable[[list], np.ndarray]
@@ -168,15 +169,13 @@ def run_predictions(run: OneShotRun, embed_fn: EmbedFn) -> tuple[np.ndarray, np.
     Raises:
         SiamsearchError: when ``embed_fn`` returns a wrong shape, NaN or infinity.
     """
-    emb = np.asarray(embed_fn(list(run.references) + list(run.queries)), dtype=np.float32)
+    raw = np.asarray(embed_fn(list(run.references) + list(run.queries)), dtype=np.float32)
     n = len(run.references)
-    if emb.ndim != 2 or emb.shape[0] != n + len(run.queries):
+    if raw.ndim != 2 or raw.shape[0] != n + len(run.queries):
         raise SiamsearchError(
-            f"embed_fn returned shape {emb.shape} for {n + len(run.queries)} images; it must return [n, d]"
+            f"embed_fn returned shape {raw.shape} for {n + len(run.queries)} images; it must return [n, d]"
         )
-    if not np.all(np.isfinite(emb)):
-        raise SiamsearchError(f"one-shot {run.name}: embeddings contain NaN or infinity; check the model "
-                              "(a diverged training run gives NaN weights)")
+    emb = as_vectors(raw, name=f"one-shot {run.name} embeddings")  # refuses NaN / inf like the other metrics
     dist = distance_matrix(emb[n:], emb[:n])
     return dist.argmin(axis=1).astype(np.int64), dist
 
