@@ -102,3 +102,21 @@ def test_relative_links_point_somewhere(page):
         assert dest.exists(), f"{page.name}: link to {target} names no file"
         if anchor and dest.suffix == ".md":
             assert anchor in _anchors(dest), f"{page.name}: link to {target} names no heading of {dest.name}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_named_modules_and_functions_exist(page):
+    """Every dotted `siamsearch.x.y` the page names is a module or an attribute of one (names move; docs follow)."""
+    import importlib
+
+    for dotted in sorted(set(re.findall(r"\bsiamsearch(?:\.[A-Za-z_]\w*)+", page.read_text(encoding="utf-8")))):
+        parts = dotted.split(".")
+        for cut in range(len(parts), 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:cut]))
+            except ImportError:
+                continue
+            for attr in parts[cut:]:
+                assert hasattr(obj, attr), f"{page.name} names {dotted}, which does not exist"
+                obj = getattr(obj, attr)
+            break
