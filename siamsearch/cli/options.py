@@ -26,7 +26,7 @@ Decorator = Callable[[Callable], Callable]
 #: ``--device auto|cpu|cuda``.
 device_option: Decorator = click.option(
     "--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-    help="auto: CUDA when a GPU is visible (mixed precision), else the CPU.")
+    help="auto: CUDA when a GPU is visible, else the CPU.")
 
 #: ``--progress/--no-progress``.
 progress_option: Decorator = click.option(
