@@ -59,6 +59,54 @@ def _adapt_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     return new
 
 
+#: State-dict key prefixes of classifier heads, dropped from a weights file (the embedding head replaces them).
+_HEAD_PREFIXES = ("fc.", "classifier.")
+
+#: Wrappers around a state dict in common checkpoint files, and key prefixes of wrapped models.
+_STATE_KEYS = ("state_dict", "model", "model_state_dict")
+_WRAPPER_PREFIXES = ("module.", "model.", "backbone.")
+
+
+def _read_state_dict(weights: str, name: str) -> dict:
+    """A torchvision-format state dict from a file (``torch.save(model.state_dict())``), unwrapped:
+    ``{"state_dict"|"model": ...}`` containers and ``module.``/``model.``/``backbone.`` key prefixes
+    (DataParallel, Lightning) are accepted; classifier-head tensors (``fc.*``, ``classifier.*``) dropped."""
+    if not os.path.isfile(weights):
+        raise SiamsearchError(f"--weights {weights}: no such file; give a torchvision state dict saved with torch.save")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise SiamsearchError(f"--weights {weights}: cannot read it as a torch state dict ({e})") from None
+    for key in _STATE_KEYS:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SiamsearchError(f"--weights {weights} holds no state dict of tensors; save one with "
+                              f"torch.save(torchvision.models.{name}().state_dict(), FILE)")
+    for prefix in _WRAPPER_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIXES)}
+
+
+def _load_backbone_weights(net: nn.Module, weights: str, name: str) -> None:
+    """Load a weights file into a torchvision ``name`` model; every body tensor must be there and fit."""
+    state = _read_state_dict(weights, name)
+    own = {k: v for k, v in net.state_dict().items() if not k.startswith(_HEAD_PREFIXES)}
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    problems = [f"{len(v)} {what} (e.g. {v[0]})" for what, v in
+                (("missing tensors", missing), ("tensors it does not have", unexpected), ("tensors of another shape", wrong)) if v]
+    if problems:
+        raise SiamsearchError(
+            f"--weights {weights} does not fit {name}: {'; '.join(problems)}; give weights saved from "
+            f"torchvision.models.{name} (torch.save(model.state_dict(), FILE))"
+        )
+    net.load_state_dict(state, strict=False)  # strict apart from the classifier head, checked above
+
+
 def _torchvision_backbone(name: str, in_channels: int, weights: Optional[str]) -> tuple[nn.Module, int]:
     import torchvision.models as tvm
 
@@ -66,23 +114,19 @@ def _torchvision_backbone(name: str, in_channels: int, weights: Optional[str]) -
     tv_weights = None
     if weights == "imagenet":  # torchvision's pretrained-weights API; downloads on first use
         tv_weights = "DEFAULT"
-    net = builder(weights=tv_weights)
+    try:
+        net = builder(weights=tv_weights)
+    except (OSError, RuntimeError) as e:  # offline (URLError is an OSError), or a damaged download
+        if tv_weights is None:
+            raise
+        raise SiamsearchError(
+            f"--weights imagenet: cannot get torchvision's {name} weights ({type(e).__name__}: {e}). Without "
+            f"internet here, save them where there is: python -c \"import torch, torchvision; "
+            f"torch.save(torchvision.models.{name}(weights='DEFAULT').state_dict(), '{name}.pth')\" "
+            f"and pass --weights {name}.pth"
+        ) from None
     if weights not in (None, "imagenet"):
-        if not os.path.isfile(weights):
-            raise SiamsearchError(f"--weights {weights}: no such file; give a torchvision state dict saved with torch.save")
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise SiamsearchError(f"--weights {weights}: cannot read it as a torch state dict ({e})") from None
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        missing, unexpected = net.load_state_dict(state, strict=False)
-        bad = [k for k in missing if not k.startswith(("fc.", "classifier."))]
-        if bad:
-            raise SiamsearchError(
-                f"--weights {weights} does not fit {name}: missing {len(bad)} tensors (e.g. {bad[0]}); "
-                f"give weights saved from torchvision.models.{name}"
-            )
+        _load_backbone_weights(net, weights, name)
     if name.startswith("resnet"):
         net.conv1 = _adapt_first_conv(net.conv1, in_channels)
         dim = net.fc.in_features
