@@ -13,12 +13,13 @@ Names are imported lazily, so ``import siamsearch`` stays fast for the CLI.
 
 Layers (imports only point down; ``tests/test_architecture.py`` checks it)::
 
-    core (0) < data, metrics (1) < training, gallery (2) < query (3) < evaluation (4) < demo (5) < cli, serve (6)
+    core (0) < data, metrics (1) < training, gallery (2) < query (3) < evaluation (4) < demo, serve (5) < cli (6)
 
 A module may import modules of its own folder and of lower layers only (``data``
 and ``metrics`` never import each other, nor ``training`` and ``gallery``, nor
-``cli`` and ``serve``). ``siamsearch._version`` and ``siamsearch.core.errors`` may
-be imported by anyone.
+``demo`` and ``serve``; the CLI starts ``demo`` and ``serve``, which never import
+it). ``siamsearch._version`` and ``siamsearch.core.errors`` may be imported by
+anyone.
 """
 from importlib import import_module
 

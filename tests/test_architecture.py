@@ -6,10 +6,12 @@ absolute. The layer rule is the one stated in ``siamsearch/__init__.py`` and in 
 README's "Development" section:
 
     core (0) < data, metrics (1) < training, gallery (2) < query (3)
-    < evaluation (4) < demo (5) < cli, serve (6)
+    < evaluation (4) < demo, serve (5) < cli (6)
 
 A module may import modules of its own folder and of lower layers only (so ``data``
-and ``metrics`` never import each other, nor ``training`` and ``gallery``).
+and ``metrics`` never import each other, nor ``training`` and ``gallery``, nor ``demo``
+and ``serve``). The command line is the outermost shell: its ``demo`` and ``serve``
+commands start those front ends, which never import the CLI.
 ``siamsearch._version`` and ``siamsearch.core.errors`` may be imported by anyone.
 """
 from __future__ import annotations
@@ -32,8 +34,8 @@ LAYERS: Dict[str, int] = {
     "training": 2, "gallery": 2,
     "query": 3,
     "evaluation": 4,
-    "demo": 5,
-    "cli": 6, "serve": 6,
+    "demo": 5, "serve": 5,
+    "cli": 6,
 }
 # Importable by every module, whatever its layer.
 ANYONE_MAY_IMPORT = {"siamsearch._version", "siamsearch.core.errors"}
