@@ -57,9 +57,11 @@ def seed_option(help: Optional[str] = None) -> Decorator:
     return click.option("--seed", type=int, default=0, show_default=True, help=help)
 
 
-def batch_size_option(default: int = 64, minimum: int = 1, help: str = "Images per forward pass.") -> Decorator:
-    """``--batch-size N``."""
-    return click.option("--batch-size", type=click.IntRange(minimum), default=default, show_default=True, help=help)
+def batch_size_option(default: Optional[int] = 64, minimum: int = 1,
+                      help: str = "Images per forward pass.") -> Decorator:
+    """``--batch-size N`` (``None`` default: the library chooses, said in ``help``)."""
+    return click.option("--batch-size", type=click.IntRange(minimum), default=default,
+                        show_default=default is not None, help=help)
 
 
 def workers_option(default: Optional[int] = 0, help: str = "Image-decoding worker processes.") -> Decorator:
