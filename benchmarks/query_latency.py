@@ -159,11 +159,23 @@ def main() -> None:
             np.argpartition(-s, args.k, axis=1)[:, :args.k]
         return time.perf_counter() - t
 
-    search_t, blas_t = [], []
+    import faiss
+
+    flat = faiss.IndexFlatL2(stored.shape[1])
+    flat.add(stored)
+
+    def faiss_flat() -> float:  # the search siamsearch used before issue 14 (Faiss IndexFlatL2), same batches
+        t = time.perf_counter()
+        for start in range(0, n_q, args.batch_size):
+            flat.search(emb[start:start + args.batch_size], args.k)
+        return time.perf_counter() - t
+
+    search_t, blas_t, faiss_t = [], [], []
     for _ in range(repeats):
         search_t.append(search_only())
         blas_t.append(blas_baseline())
-    search_s, blas_s = statistics.fmean(search_t), statistics.fmean(blas_t)
+        faiss_t.append(faiss_flat())
+    search_s, blas_s, faiss_s = statistics.fmean(search_t), statistics.fmean(blas_t), statistics.fmean(faiss_t)
 
     e_med, q_med = statistics.median(embed_t), statistics.median(query_t)
     ratio = q_med / e_med
@@ -181,6 +193,7 @@ def main() -> None:
         },
         "search_s": round(search_s, 3), "blas_baseline_s": round(blas_s, 3),
         "search_runs_s": [round(x, 3) for x in search_t], "blas_baseline_runs_s": [round(x, 3) for x in blas_t],
+        "faiss_flat_s": round(faiss_s, 3), "faiss_flat_runs_s": [round(x, 3) for x in faiss_t],
         "load_average": [round(v, 2) for v in os.getloadavg()],
         "embed_only_runs_s": [round(x, 3) for x in embed_t],
         "query_runs_s": [round(x, 3) for x in query_t],
@@ -202,6 +215,8 @@ def main() -> None:
              f"({min(search_t):.3f}-{max(search_t):.3f})"),
             ("plain X @ G.T + argpartition, same batches (mean)", f"{blas_s:.3f} s "
              f"({min(blas_t):.3f}-{max(blas_t):.3f}); search / baseline {search_s / blas_s:.2f}x"),
+            ("Faiss IndexFlatL2, same batches (the search before issue 14, mean)", f"{faiss_s:.3f} s "
+             f"({min(faiss_t):.3f}-{max(faiss_t):.3f})"),
             ("ratio query / embed", f"**{ratio:.2f}x** (target <= {TARGET_RATIO:g}x: "
                                     f"{'met' if ratio <= TARGET_RATIO else 'NOT met'})")]
     path = write_results("query_latency", payload, rows, ("figure", "value"), payload["title"])
