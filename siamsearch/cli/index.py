@@ -26,6 +26,15 @@ def _check_factory(ctx, param, value: str) -> str:
     return value
 
 
+def _engine_options(f):
+    """--engine and --address, shared by build and update."""
+    f = click.option("--address", default=None,
+                     help="Ray cluster to use with --engine ray: auto or HOST:PORT [default: start a local one].")(f)
+    return click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
+                        help="Who embeds: this process, or a Ray Data pipeline (writes Parquet shards; "
+                             "pip install 'siamsearch[ray]').")(f)
+
+
 def _echo_report(report, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
@@ -66,8 +75,13 @@ def index() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace a gallery at --out made from another folder or model.")
 @json_option("Print the build report as JSON.")
 @progress_option
+@_engine_options
+@click.option("--shard-size", type=click.IntRange(1), default=None,
+              help="Images per Parquet shard; selects the sharded format (default with --engine ray: 100000).")
+@click.option("--max-index-memory", default=None,
+              help="Size budget of a sharded gallery's index, e.g. 8G: picks Flat, SQ8 or PQ codes.")
 def build(image_dir, model, out, factory, batch_size, workers, device, labels, strict, overwrite, as_json,
-          progress):
+          progress, engine, address, shard_size, max_index_memory):
     """Embed every image below IMAGE_DIR (recursively) and index it.
 
     Unreadable files are skipped and listed with their reason (exit 0);
@@ -77,7 +91,8 @@ def build(image_dir, model, out, factory, batch_size, workers, device, labels, s
 
     g = Gallery.build(image_dir, model, out=out, factory=factory, batch_size=batch_size, workers=workers,
                       device=device, labels=labels, strict=strict, progress=progress and not as_json,
-                      overwrite=overwrite)
+                      overwrite=overwrite, engine=engine, address=address, shard_size=shard_size,
+                      max_index_memory=max_index_memory)
     _echo_report(g.last_report, as_json)
     g.close()
 
@@ -92,7 +107,8 @@ def build(image_dir, model, out, factory, batch_size, workers, device, labels, s
 @strict_option
 @json_option("Print the update report as JSON.")
 @progress_option
-def update(gallery, model, batch_size, workers, device, strict, as_json, progress):
+@_engine_options
+def update(gallery, model, batch_size, workers, device, strict, as_json, progress, engine, address):
     """Re-scan the gallery's image folder: embed new and changed files, drop removed ones.
 
     Also repairs a gallery whose faiss.index is missing, damaged or stale
@@ -101,7 +117,7 @@ def update(gallery, model, batch_size, workers, device, strict, as_json, progres
     from ..gallery.gallery import update_gallery
 
     report = update_gallery(gallery, model=model, batch_size=batch_size, workers=workers, device=device,
-                            strict=strict, progress=progress and not as_json)
+                            strict=strict, progress=progress and not as_json, engine=engine, address=address)
     _echo_report(report, as_json)
 
 

@@ -17,8 +17,9 @@ folder scan is :mod:`siamsearch.gallery.scan`; result types are in
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -29,6 +30,8 @@ from .resolve import check_gallery_model, is_embedder, load_embedder, rebuild_co
 from .results import BuildReport, SearchResult
 from .scan import LABEL_MODES
 from .store import GalleryReader
+from .sharded import load_sharded_index, sync_sharded
+from .shards import STORE_NAME, ShardedReader
 from .sync import default_workers, json_or_raw, load_index, sync
 from ..core.files import PathLike
 
@@ -60,7 +63,8 @@ class Gallery:
     def build(cls, image_dir: PathLike, model: Any, out: Optional[PathLike] = None, factory: str = "auto",
               batch_size: int = 64, workers: Optional[int] = None, device: str = "auto",
               labels: Optional[str] = None, strict: bool = False, progress: bool = True,
-              overwrite: bool = False) -> "Gallery":
+              overwrite: bool = False, engine: str = "local", address: Optional[str] = None,
+              shard_size: Optional[int] = None, max_index_memory: Union[int, str, None] = None) -> "Gallery":
         """Embed every image below ``image_dir`` and index it.
 
         Args:
@@ -75,6 +79,11 @@ class Gallery:
                 and there are at least two.
             strict: raise instead of skipping unreadable files (nothing is published then).
             overwrite: replace an existing gallery made from another folder or model.
+            engine: ``local`` (this process) or ``ray`` (a Ray Data pipeline; writes the sharded format).
+            address: Ray cluster (``auto`` or ``HOST:PORT``); default: start a local one for the build.
+            shard_size: images per Parquet shard; giving it selects the sharded format with either engine.
+            max_index_memory: size budget of the sharded gallery's index (bytes or ``"8G"``), which
+                picks its codes (Flat, SQ8, PQ).
 
         If ``out`` already holds a gallery of the same folder and model (or the journal
         of a killed build), the build resumes: only missing or changed files are embedded.
@@ -107,8 +116,8 @@ class Gallery:
             elif overwrite:
                 _store.clear_pending(folder)
             try:
-                report = sync(folder, source, embedder, old, factory=factory, label_mode=labels, strict=strict,
-                              batch_size=batch_size, workers=workers, progress=progress)
+                report = _run(folder, source, embedder, old, factory, labels, strict, batch_size, workers, progress,
+                              _Scale(engine, address, shard_size, max_index_memory))
             finally:
                 if old is not None:
                     old.close()
@@ -141,7 +150,7 @@ class Gallery:
                 check_gallery_model(folder, a, model.fingerprint, "the given model",
                                     "query with the model that built it, or rebuild the gallery with "
                                     + rebuild_command(folder, a))
-            index = load_index(folder, file)
+            index = load_sharded_index(folder, file) if isinstance(file, ShardedReader) else load_index(folder, file)
         except BaseException:
             file.close()
             raise
@@ -167,7 +176,8 @@ class Gallery:
     # ---- update
 
     def update(self, model: Any = None, batch_size: int = 64, workers: Optional[int] = None, device: str = "auto",
-               strict: bool = False, progress: bool = True) -> BuildReport:
+               strict: bool = False, progress: bool = True, engine: str = "local",
+               address: Optional[str] = None) -> BuildReport:
         """Re-scan the gallery's folder: embed new and changed files, drop removed ones, keep the rest.
 
         See :func:`update_gallery`; the model defaults to the one this gallery was opened with.
@@ -180,7 +190,8 @@ class Gallery:
         self._file.close()
         try:
             report = update_gallery(self.folder, model=model, batch_size=batch_size, workers=workers,
-                                    device=device, strict=strict, progress=progress)
+                                    device=device, strict=strict, progress=progress, engine=engine,
+                                    address=address)
         except BaseException:
             self._file = _store.open_reader(self.folder)  # nothing was published: reopen as it was
             raise
@@ -356,7 +367,8 @@ class Gallery:
 
 
 def update_gallery(folder: PathLike, model: Any = None, batch_size: int = 64, workers: Optional[int] = None,
-                   device: str = "auto", strict: bool = False, progress: bool = True) -> BuildReport:
+                   device: str = "auto", strict: bool = False, progress: bool = True, engine: str = "local",
+                   address: Optional[str] = None) -> BuildReport:
     """Bring the gallery at ``folder`` in line with its image folder.
 
     New and changed files (other bytes by SHA-256; files whose size and mtime are
@@ -367,6 +379,7 @@ def update_gallery(folder: PathLike, model: Any = None, batch_size: int = 64, wo
     Args:
         model: checkpoint path or Embedder; default the checkpoint recorded in the gallery.
             Its fingerprint must be the gallery's.
+        engine, address: as for :meth:`Gallery.build` (``ray`` updates sharded galleries only).
 
     Raises:
         GalleryError: ``gallery.h5`` is missing or damaged, or the image folder is gone.
@@ -385,9 +398,9 @@ def update_gallery(folder: PathLike, model: Any = None, batch_size: int = 64, wo
                 raise GalleryError(f"the gallery's image folder {source} is gone; rebuild the gallery from its new "
                                    f"location with `siamsearch index build NEW_DIR --model MODEL.pt --out {folder} "
                                    "--overwrite`")
-            return sync(folder, source, embedder, old, factory=a.get("requested_factory", "auto"),
-                        label_mode=a.get("label_mode"), strict=strict, batch_size=batch_size, workers=workers,
-                        progress=progress)
+            scale = _Scale(engine, address, None, int(a.get("max_index_memory", 0)) or None)
+            return _run(folder, source, embedder, old, a.get("requested_factory", "auto"), a.get("label_mode"),
+                        strict, batch_size, workers, progress, scale)
         finally:
             old.close()
 
@@ -402,3 +415,36 @@ def _check_rebuild(folder: Path, attrs: dict, embedder, source: Path, labels: Op
     if labels is not None and labels != attrs.get("label_mode"):
         raise GalleryError(f"{folder} was built with --labels {attrs.get('label_mode')}; use "
                            f"--overwrite to rebuild with --labels {labels}")
+
+
+@dataclass(frozen=True)
+class _Scale:
+    """How to run a build: the engine and the sharded format's options."""
+
+    engine: str = "local"
+    address: Optional[str] = None
+    shard_size: Optional[int] = None
+    max_index_memory: Union[int, str, None] = None
+
+    @property
+    def sharded(self) -> bool:
+        return self.engine == "ray" or self.shard_size is not None
+
+
+def _run(folder: Path, source: Path, embedder, old: Optional[GalleryReader], factory: str, labels: Optional[str],
+         strict: bool, batch_size: int, workers: Optional[int], progress: bool, scale: _Scale) -> BuildReport:
+    """Build or update in the gallery's format: HDF5 (:func:`sync`) or shards (:func:`sync_sharded`)."""
+    from .ondisk import parse_memory
+
+    sharded = isinstance(old, ShardedReader) if old is not None else scale.sharded
+    if old is None:  # a new gallery (or --overwrite): the other format's store must not shadow it
+        (folder / (_store.H5_NAME if sharded else STORE_NAME)).unlink(missing_ok=True)
+    if not sharded:
+        if scale.sharded:
+            raise GalleryError(f"{folder} is an HDF5 gallery (gallery.h5); --engine ray and --shard-size write the "
+                               "sharded format: build it into another --out, or use --overwrite")
+        return sync(folder, source, embedder, old, factory=factory, label_mode=labels, strict=strict,
+                    batch_size=batch_size, workers=workers, progress=progress)
+    return sync_sharded(folder, source, embedder, old, factory, labels, strict, batch_size, workers, progress,
+                        engine=scale.engine, address=scale.address, shard_size=scale.shard_size,
+                        max_index_memory=parse_memory(scale.max_index_memory))

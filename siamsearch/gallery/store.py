@@ -2,8 +2,9 @@
 
 Layout of ``index/NAME/`` (see index/README.md for a reader's guide):
 
-* the row store: ``gallery.h5`` (one HDF5 file, :mod:`siamsearch.gallery.hdf5`),
-  one row per embedded image; read through :class:`GalleryReader`.
+* the row store: ``gallery.h5`` (one HDF5 file, :mod:`siamsearch.gallery.hdf5`) or
+  Parquet shards with ``shards.json`` (:mod:`siamsearch.gallery.shards`), one row per
+  embedded image; both read through :class:`GalleryReader` (:func:`open_reader`).
 * ``faiss.index``: the Faiss index; its ids are the store's row ids.
 * ``manifest.json``: a human-readable summary (index choice and parameters,
   counts, skipped files); derived, rewritten after every commit.
@@ -41,6 +42,7 @@ from ..core.images import sha256_file
 from . import hdf5
 from .ann import AnnIndex
 from .hdf5 import BLOCK_ROWS, FORMAT, FORMAT_VERSION, H5_NAME, GalleryFile, GalleryWriter, rebuild_hint
+from .shards import ShardedReader, is_sharded
 
 __all__ = ["GalleryReader", "RowBlock", "PendingLog", "FolderLock", "GalleryFile", "GalleryWriter", "commit",
            "open_reader", "index_is_current", "BLOCK_ROWS", "CHUNK_ROWS", "FORMAT", "FORMAT_VERSION", "H5_NAME",
@@ -140,12 +142,14 @@ def open_reader(folder: os.PathLike | str) -> GalleryReader:
     Raises:
         GalleryError: no gallery there, or it is damaged (the message says how to rebuild).
     """
+    if is_sharded(folder):
+        return ShardedReader(folder)
     return GalleryFile(Path(folder) / H5_NAME)
 
 
 def has_store(folder: os.PathLike | str) -> bool:
     """True when ``folder`` holds a committed row store (of any format)."""
-    return (Path(folder) / H5_NAME).exists()
+    return (Path(folder) / H5_NAME).exists() or is_sharded(folder)
 
 
 def temp_store_path(folder: Path) -> str:

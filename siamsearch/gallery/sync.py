@@ -380,7 +380,7 @@ def _publish(folder: Path, source: Path, embedder, old: Optional[GalleryReader],
     names = list(plan.old.label_names)
     label_of = dict(zip(plan.scan.relpaths, plan.scan.labels))
     code = label_codes(names, {label_of[r] for r in journal})
-    attrs = _attrs(old, embedder, source, plan.label_mode, factory)
+    attrs = store_attrs(old, embedder, source, plan.label_mode, factory)
     tmp = _store.temp_store_path(folder)
     first_new, n_rows = write_rows(tmp, old, plan, deleted, compact, journal, pending, code, attrs, embedder.dim,
                                    names, skipped)
@@ -395,14 +395,14 @@ def _publish(folder: Path, source: Path, embedder, old: Optional[GalleryReader],
                          added=len(journal) - changed, changed=changed, removed=len(plan.removed_rows) + lost,
                          unchanged=plan.unchanged, resumed=plan.resumed, skipped=tuple(skipped), embedded=embedded,
                          seconds=time.perf_counter() - t0, index=state, factory=ann.factory, rows=live)
-    manifest = _manifest(attrs, ann, report, n_rows=n_rows, live=live, label_count=len(names))
+    manifest = gallery_manifest(attrs, ann, report, n_rows=n_rows, live=live, label_count=len(names))
     _store.commit(folder, tmp, ann, manifest, {"index_factory": ann.factory,
                                                "index_params": json.dumps(ann.params, sort_keys=True)})
     pending.clear()
     return report
 
 
-def _attrs(old: Optional[GalleryReader], embedder, source: Path, label_mode: str, factory: str) -> dict:
+def store_attrs(old: Optional[GalleryReader], embedder, source: Path, label_mode: str, factory: str) -> dict:
     """The new store's attributes (index ones are filled in at commit)."""
     created = old.attrs.get("created", _store.now_iso()) if old is not None else _store.now_iso()
     return {"siamsearch_version": __version__, "created": created, "updated": _store.now_iso(),
@@ -429,7 +429,7 @@ def _progress_bar(enabled: bool, total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="vec", leave=False)
 
 
-def _manifest(attrs: dict, ann: _ann.AnnIndex, report: BuildReport, n_rows: int, live: int,
+def gallery_manifest(attrs: dict, ann: _ann.AnnIndex, report: BuildReport, n_rows: int, live: int,
               label_count: int) -> dict:
     return {
         "format": _store.FORMAT,

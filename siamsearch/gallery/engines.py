@@ -1,0 +1,270 @@
+"""Embedding engines for sharded builds: ``local`` (this process) and ``ray`` (a Ray Data pipeline).
+
+Both take the same :class:`ShardTask` list and yield one :class:`ShardResult` per
+task, whole, in task order; the caller writes each shard atomically and records
+it in the run's journal. A task is only reported once every one of its files is
+embedded or failed, so a driver killed mid-run loses uncommitted shards only.
+
+The Ray pipeline (:func:`run_ray`): the file list (one row per image, with its
+shard) -> ``map_batches`` decode tasks on CPUs (read bytes, SHA-256, decode,
+preprocess with the model's spec) -> ``map_batches`` with a callable class whose
+actors load the model once (``num_gpus=1`` each when the cluster has GPUs) ->
+rows streamed back in order. Ray retries tasks and restarts actors that die; a
+shard is written only when all its rows have arrived, so it is never half-written.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+
+from ..core.errors import SiamsearchError
+from ..core.images import sha256_file
+
+ENGINES = ("local", "ray")
+RAY_HINT = "pip install 'siamsearch[ray]'"
+_MODEL_ERROR = "siamsearch: model unreadable on worker"
+
+
+@dataclass
+class ShardTask:
+    """Files to embed into one shard: ``relpaths`` below the source folder, ids from ``first_id`` on."""
+
+    name: str  # shard file, relative to the gallery folder
+    first_id: int
+    relpaths: list
+
+
+@dataclass
+class ShardResult:
+    """A finished task: the rows that embedded (in task order) and the files that failed."""
+
+    task: ShardTask
+    relpaths: list
+    sha256: list
+    embeddings: np.ndarray  # [b, d] float32
+    failures: list  # [(relpath, reason)]
+    nodes: list = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- local
+
+
+def run_local(tasks: list, source: Path, embedder, batch_size: int, workers: int,
+              progress: bool) -> Iterator[ShardResult]:
+    """Embed each task's files in this process (DataLoader decoding workers), one task after another."""
+    for task in tasks:
+        paths = [str(source / r) for r in task.relpaths]
+        rels, shas, embs, failures = [], [], [], []
+        for batch in embedder.embed_files(paths, batch_size=batch_size, workers=workers, progress=progress):
+            failures += [(task.relpaths[pos], reason) for pos, reason in batch.failures]
+            good = []
+            for j, pos in enumerate(batch.positions.tolist()):
+                try:
+                    shas.append(sha256_file(paths[pos]))
+                except OSError as e:
+                    failures.append((task.relpaths[pos], f"missing or not readable ({e.strerror})"))
+                    continue
+                rels.append(task.relpaths[pos])
+                good.append(j)
+            embs.append(np.asarray(batch.embeddings[good], dtype="float32"))
+        emb = np.concatenate(embs) if embs else np.zeros((0, embedder.dim), "float32")
+        yield ShardResult(task, rels, shas, emb, sorted(failures))
+
+
+# --------------------------------------------------------------------------- ray
+
+
+def import_ray():
+    """The ``ray`` module, or a :class:`SiamsearchError` saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise SiamsearchError(f"--engine ray needs Ray Data and pyarrow: {RAY_HINT}") from None
+    return ray
+
+
+class RaySession:
+    """Connect to ``address`` (``auto`` or ``HOST:PORT``) or start a local cluster; stop what was started.
+
+    Raises:
+        SiamsearchError: Ray is not installed, or the cluster at ``address`` cannot be reached.
+    """
+
+    def __init__(self, address: Optional[str] = None):
+        self.ray = import_ray()
+        self.started = False
+        if self.ray.is_initialized():
+            return
+        try:
+            if address:
+                self.ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            else:
+                self.ray.init(include_dashboard=False, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise SiamsearchError(f"cannot reach a Ray cluster at {address or 'a new local cluster'} ({first}); "
+                                  "check --address (HOST:PORT of the head node, or auto on a node of the "
+                                  "cluster), or leave it out to start a local cluster") from None
+        self.started = True
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+
+    def __enter__(self) -> "RaySession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _decode_batch(batch: dict, config_json: str) -> dict:
+    """Ray Data task: read, hash, decode and preprocess a batch of files (CPU)."""
+    from ..core.config import ModelConfig
+    from ..core.errors import UnreadableImage
+    from ..core.images import read_image_bytes
+    from ..core.preprocess import build_transform
+
+    transform = build_transform(ModelConfig.from_json(config_json), train=False)
+    pixels, ok, reasons, shas = [], [], [], []
+    shape = None
+    for path in batch["path"].tolist():
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            x = transform(read_image_bytes(data, os.path.basename(path))).numpy()
+            shape = x.shape
+            pixels.append(x)
+            ok.append(True)
+            reasons.append("")
+            shas.append(hashlib.sha256(data).hexdigest())
+        except OSError as e:
+            pixels.append(None), ok.append(False), shas.append("")
+            reasons.append(f"missing or not readable ({e.strerror})")
+        except UnreadableImage as e:
+            pixels.append(None), ok.append(False), reasons.append(e.reason), shas.append("")
+        except Exception as e:  # a decoder bug on one file must not stop a long run
+            pixels.append(None), ok.append(False), shas.append("")
+            reasons.append(f"cannot preprocess ({type(e).__name__}: {e})")
+    if shape is None:
+        cfg = ModelConfig.from_json(config_json)
+        shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
+    filled = np.stack([p if p is not None else np.zeros(shape, "float32") for p in pixels]).astype("float32")
+    return {"task": batch["task"], "pos": batch["pos"], "pixels": filled, "ok": np.asarray(ok, bool),
+            "reason": np.asarray(reasons, dtype=object), "sha": np.asarray(shas, dtype=object)}
+
+
+class EmbedActor:
+    """Ray Data callable class: loads the model once per actor, embeds decoded batches."""
+
+    def __init__(self, model_path: str, fingerprint: str, device: str, threads: int):
+        import ray
+        import torch
+
+        from ..core.embedder import load_model
+
+        torch.set_num_threads(max(1, int(threads)))
+        try:
+            self.embedder = load_model(model_path, device=device)
+        except (OSError, SiamsearchError) as e:
+            raise RuntimeError(f"{_MODEL_ERROR}: {model_path} on node {ray.get_runtime_context().get_node_id()}: "
+                               f"{e}") from None
+        if self.embedder.fingerprint != fingerprint:
+            raise RuntimeError(f"{_MODEL_ERROR}: {model_path} is model {self.embedder.fingerprint} on this worker, "
+                               f"not {fingerprint}")
+        self.node = ray.get_runtime_context().get_node_id()
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        ok = batch["ok"].astype(bool)
+        emb = np.zeros((len(ok), self.embedder.dim), "float32")
+        if ok.any():
+            emb[ok] = self.embedder.embed_tensor(torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok])))
+        return {"task": batch["task"], "pos": batch["pos"], "ok": ok, "reason": batch["reason"],
+                "sha": batch["sha"], "embedding": emb, "node": np.asarray([self.node] * len(ok), dtype=object)}
+
+
+def _actor_resources(ray) -> tuple[int, dict]:
+    """(actors, resources per actor): one per GPU when the cluster has GPUs, else half the CPUs (>= 1)."""
+    res = ray.cluster_resources()
+    gpus = int(res.get("GPU", 0))
+    if gpus:
+        return gpus, {"num_gpus": 1, "num_cpus": 1}
+    cpus = int(res.get("CPU", 1))
+    return max(1, cpus // 2), {"num_cpus": 1}
+
+
+def run_ray(tasks: list, source: Path, embedder, batch_size: int, progress: bool) -> Iterator[ShardResult]:
+    """Embed the tasks' files with a Ray Data pipeline on the connected cluster (see the module docstring).
+
+    Raises:
+        SiamsearchError: the model cannot be read on a worker, or the pipeline fails for good.
+    """
+    ray = import_ray()
+    if embedder.path is None:
+        raise SiamsearchError("--engine ray needs the model as a checkpoint file (workers load it by path)")
+    items = [{"task": t, "pos": j, "path": str(source / r)} for t, task in enumerate(tasks)
+             for j, r in enumerate(task.relpaths)]
+    if not items:
+        return
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # rows come back in task order: one shard pending at a time
+    ctx.enable_progress_bars = bool(progress)
+    actors, resources = _actor_resources(ray)
+    blocks = max(1, min(len(items) // max(batch_size, 1), 4 * max(1, int(ray.cluster_resources().get("CPU", 1)))))
+    ds = ray.data.from_items(items, override_num_blocks=blocks)
+    ds = ds.map_batches(_decode_batch, fn_kwargs={"config_json": embedder.config.to_json()},
+                        batch_size=batch_size, batch_format="numpy", num_cpus=0.5)  # tasks: not fused into actors
+    device = "cuda" if resources.get("num_gpus") else "cpu"
+    ds = ds.map_batches(EmbedActor, fn_constructor_kwargs={
+        "model_path": os.path.abspath(embedder.path), "fingerprint": embedder.fingerprint, "device": device,
+        "threads": resources["num_cpus"]}, batch_size=batch_size, batch_format="numpy", concurrency=actors,
+        **resources)
+    yield from _collect(ds, tasks, batch_size)
+
+
+def _collect(ds, tasks: list, batch_size: int) -> Iterator[ShardResult]:
+    """Group the pipeline's ordered rows into whole tasks."""
+    pending: dict = {}
+    try:
+        for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+            for i in range(len(batch["task"])):
+                t = int(batch["task"][i])
+                acc = pending.setdefault(t, {"rows": {}, "nodes": set()})
+                acc["rows"][int(batch["pos"][i])] = (bool(batch["ok"][i]), str(batch["reason"][i]),
+                                                     str(batch["sha"][i]), batch["embedding"][i])
+                acc["nodes"].add(str(batch["node"][i]))
+                if len(acc["rows"]) == len(tasks[t].relpaths):
+                    yield _result(tasks[t], pending.pop(t))
+    except Exception as e:  # Ray wraps worker errors in its own exception types
+        text = str(e)
+        if _MODEL_ERROR in text:
+            detail = text[text.index(_MODEL_ERROR) + len(_MODEL_ERROR) + 2:].splitlines()[0][:300]
+            raise SiamsearchError(f"the model cannot be loaded on a Ray worker ({detail}); put the checkpoint on a "
+                                  "filesystem every node reads at the same path (or copy it there)") from None
+        first = text.strip().splitlines()[0][:300] if text.strip() else type(e).__name__
+        raise SiamsearchError(f"the Ray pipeline failed ({type(e).__name__}: {first}); committed shards are kept: "
+                              "re-run the same command to resume") from None
+    assert not pending, "rows of unfinished tasks left"
+
+
+def _result(task: ShardTask, acc: dict) -> ShardResult:
+    rels, shas, embs, failures = [], [], [], []
+    for pos in range(len(task.relpaths)):
+        ok, reason, sha, emb = acc["rows"][pos]
+        if ok:
+            rels.append(task.relpaths[pos])
+            shas.append(sha)
+            embs.append(emb)
+        else:
+            failures.append((task.relpaths[pos], reason))
+    dim = len(acc["rows"][0][3]) if acc["rows"] else 0
+    emb = np.stack(embs).astype("float32") if embs else np.zeros((0, dim), "float32")
+    return ShardResult(task, rels, shas, emb, sorted(failures), sorted(acc["nodes"]))
