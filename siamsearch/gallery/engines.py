@@ -99,6 +99,8 @@ class RaySession:
     def __init__(self, address: Optional[str] = None):
         self.ray = import_ray()
         self.started = False
+        if address and address != "auto" and not address.startswith("ray://"):
+            _check_reachable(address)
         if self.ray.is_initialized():
             return
         try:
@@ -122,6 +124,21 @@ class RaySession:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast (Ray itself retries for minutes) when nothing listens at ``HOST:PORT``."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
+        raise SiamsearchError(f"cannot reach a Ray cluster at {address} ({reason}); check --address (HOST:PORT of "
+                              "the head node's GCS, by default port 6379, or auto on a node of the cluster), or "
+                              "leave it out to start a local cluster") from None
 
 
 def _decode_batch(batch: dict, config_json: str) -> dict:

@@ -40,6 +40,8 @@ HNSW_QUANTIZER_LISTS = 1 << 16
 #: Training points per list (Faiss warns below 39), and the cap on the training sample.
 TRAIN_PER_LIST = 40
 MAX_TRAIN = 1 << 20
+#: Upper bound on inverted lists (4 sqrt(1e9) is about 2^17).
+MAX_LISTS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,9 @@ def parse_memory(text: str | int | None) -> Optional[int]:
 
 
 def lists_for(n: int) -> int:
-    """``nlist``: a power of two near ``4 sqrt(n)``, with at least :data:`TRAIN_PER_LIST` vectors per list."""
-    nlist = _ann.ivf_lists(max(n, 1))
+    """``nlist``: a power of two near ``4 sqrt(n)`` (at most :data:`MAX_LISTS`), with at least
+    :data:`TRAIN_PER_LIST` vectors per list."""
+    nlist = int(min(MAX_LISTS, 2 ** round(math.log2(4.0 * math.sqrt(max(n, 1))))))
     while nlist > 1 and nlist * TRAIN_PER_LIST > n:
         nlist //= 2
     return max(nlist, 1)

@@ -1,0 +1,217 @@
+"""`--engine ray`: a Ray Data pipeline embedding into Parquet shards, on a small local cluster.
+
+Skipped when Ray is not installed (``pip install 'siamsearch[ray]'``). One local cluster
+(2 CPUs, no dashboard) is shared by the tests of this module.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_identity_folders
+from siamsearch import Gallery
+from siamsearch.core.errors import SiamsearchError
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("pyarrow")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """200 images in 8 identity folders and a tiny untrained model."""
+    import torch
+
+    from siamsearch.core.checkpoint import save_checkpoint
+    from siamsearch.core.config import ModelConfig
+    from siamsearch.core.model import EmbeddingNet
+
+    root = tmp_path_factory.mktemp("ray")
+    src = make_identity_folders(root / "imgs", n_ids=8, per_id=25, size=20)
+    torch.manual_seed(0)
+    cfg = ModelConfig(input_size=16, embedding_dim=8)
+    save_checkpoint(root / "tiny.pt", cfg, EmbeddingNet(cfg).state_dict(), {"note": "untrained test model"})
+    return root, src, root / "tiny.pt"
+
+
+def build(src, model, out, **kw):
+    kw.setdefault("workers", 0)
+    kw.setdefault("progress", False)
+    return Gallery.build(src, model, out=out, **kw)
+
+
+def test_ray_build_equals_local_build(cluster, setup):
+    root, src, model = setup
+    local = build(src, model, root / "local")  # the default engine and format (HDF5)
+    rg = build(src, model, root / "ray", engine="ray", shard_size=64)
+    assert rg.last_report.embedded == 200 and len(rg) == 200
+    m = json.loads((root / "ray" / "shards.json").read_text())
+    assert [s["rows"] for s in m["shards"]] == [64, 64, 64, 8]
+    ref = dict(zip(local.relpaths, local.embeddings))
+    got = dict(zip(rg.relpaths, rg.embeddings))
+    assert set(got) == set(ref)
+    a = np.stack([ref[p] for p in sorted(ref)])
+    b = np.stack([got[p] for p in sorted(ref)])
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() >= 0.9999
+    np.testing.assert_array_equal(a, b)  # fp32 on CPU, same preprocessing and batches: bit-equal
+    q = local.embeddings[::9]
+    r1, r2 = local.search(q, k=10), rg.search(q, k=10)
+    assert all(set(x) == set(y) for x, y in zip(r1.paths, r2.paths))
+    local.close()
+    rg.close()
+
+
+def test_ray_driver_dies_mid_build_rerun_embeds_only_uncommitted_shards(cluster, setup, monkeypatch):
+    from siamsearch.gallery import sharded
+
+    root, src, model = setup
+    out = root / "killed"
+    real = sharded._write_result
+    calls = []
+
+    def dies_after_two(*a, **kw):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the driver stops between two shard commits
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(sharded, "_write_result", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        build(src, model, out, engine="ray", shard_size=40)
+    monkeypatch.undo()
+    assert not (out / "shards.json").exists()
+    assert len(json.loads((out / ".pending" / "run.json").read_text())["committed"]) == 2
+    g = build(src, model, out, engine="ray", shard_size=40)
+    assert g.last_report.embedded == 200 - 2 * 40 and g.last_report.resumed == 80  # 3 of 5 shards embedded
+    clean = build(src, model, root / "clean", shard_size=40)  # uninterrupted, local engine
+    assert sorted(zip(g.relpaths, g.ids.tolist())) == sorted(zip(clean.relpaths, clean.ids.tolist()))
+    np.testing.assert_array_equal(g.embeddings, clean.embeddings)
+    g.close()
+    clean.close()
+
+
+@pytest.mark.slow
+def test_ray_update_embeds_only_new_files(cluster, setup, tmp_path):
+    import shutil
+
+    root, src, model = setup
+    mine = tmp_path / "imgs"
+    shutil.copytree(src, mine)
+    g = build(mine, model, tmp_path / "g", engine="ray", shard_size=64)
+    make_identity_folders(tmp_path / "more", n_ids=1, per_id=6, seed=5, size=20)
+    (tmp_path / "more" / "id_0").rename(mine / "id_new")
+    gone = {p.relative_to(mine).as_posix() for p in sorted((mine / "id_3").glob("*.png"))[:4]}
+    for p in gone:
+        (mine / p).unlink()
+    rep = g.update(engine="ray", workers=0, progress=False)
+    assert (rep.added, rep.removed, rep.embedded, rep.index) == (6, 4, 6, "updated")
+    assert len(g) == 202 and not gone & set(g.relpaths)
+    assert sorted(g.relpaths) == sorted(p.relative_to(mine).as_posix() for p in mine.rglob("*.png"))
+    g.close()
+
+
+def test_model_unreadable_on_worker_is_a_clear_error(cluster, setup, tmp_path):
+    from siamsearch.core.embedder import load_model
+
+    root, src, model = setup
+    copy = tmp_path / "model.pt"
+    copy.write_bytes(model.read_bytes())
+    embedder = load_model(copy, device="cpu")  # the driver has the model; the workers will not
+    copy.write_bytes(b"not a checkpoint")
+    with pytest.raises(SiamsearchError, match="cannot be loaded on a Ray worker"):
+        build(src, embedder, tmp_path / "g", engine="ray", shard_size=64)
+    assert not (tmp_path / "g" / "shards.json").exists()
+
+
+def test_unreachable_address_is_a_clear_error(setup, tmp_path):
+    from click.testing import CliRunner
+
+    from siamsearch.cli import main
+
+    root, src, model = setup
+    res = CliRunner().invoke(main, ["index", "build", str(src), "--model", str(model), "--out", str(tmp_path / "g"),
+                                    "--engine", "ray", "--address", "127.0.0.1:1", "--no-progress"])
+    assert res.exit_code == 2 and "cannot reach a Ray cluster at 127.0.0.1:1" in res.output
+    assert "Traceback" not in res.output
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_build_shard_is_retried_not_half_written(cluster, setup, tmp_path):
+    from ray.util.state import list_actors
+
+    root, src, model = setup
+    out = tmp_path / "g"
+    killed = []
+
+    def killer():
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            for a in list_actors(filters=[("state", "=", "ALIVE")]):
+                if "MapWorker" in a.class_name and a.pid:
+                    os.kill(a.pid, 9)
+                    killed.append(a.pid)
+                    return
+            time.sleep(0.5)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    g = build(src, model, out, engine="ray", shard_size=32)
+    t.join()
+    assert killed, "no embedding actor was found to kill"
+    assert len(g) == 200 and g.last_report.embedded == 200
+    assert sorted(g.relpaths) == sorted(p.relative_to(src).as_posix() for p in src.rglob("*.png"))
+    g.close()
+
+
+TWO_NODES = """
+import json, sys
+from ray.cluster_utils import Cluster
+import ray
+from siamsearch import Gallery
+
+c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+c.add_node(num_cpus=2)
+ray.init(address=c.address)
+c.wait_for_nodes()
+g = Gallery.build(sys.argv[1], sys.argv[2], out=sys.argv[3], engine="ray", shard_size=16, workers=0,
+                  progress=False)
+m = json.load(open(sys.argv[3] + "/shards.json"))
+print(json.dumps({"nodes": sorted({n for s in m["shards"] for n in s["nodes"]}), "rows": len(g),
+                  "cluster": len(ray.nodes())}))
+ray.shutdown()
+c.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_two_node_cluster_spreads_shards_over_both(setup, tmp_path):
+    root, src, model = setup
+    script = tmp_path / "two.py"
+    script.write_text(textwrap.dedent(TWO_NODES))
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, str(script), str(src), str(model), str(tmp_path / "g")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["cluster"] == 2 and out["rows"] == 200
+    assert len(out["nodes"]) == 2, out

@@ -1,0 +1,268 @@
+"""Sharded galleries (Parquet shards + an IVF index merged on disk) built by the local engine, and the sizing rules."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import make_identity_folders
+from siamsearch import Gallery
+from siamsearch.cli import main
+from siamsearch.core.errors import GalleryError, SiamsearchError
+from siamsearch.gallery import ondisk
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def build(src, model, out, **kw):
+    kw.setdefault("workers", 0)
+    kw.setdefault("progress", False)
+    kw.setdefault("shard_size", 32)
+    return Gallery.build(src, model, out=out, **kw)
+
+
+def read_shards_plainly(folder: Path) -> dict:
+    """relative path -> embedding, read with pyarrow only (no siamsearch), skipping tombstoned ids."""
+    m = json.loads((folder / "shards.json").read_text())
+    dead = set(pq.read_table(folder / m["deleted"])["id"].to_pylist()) if m["deleted"] else set()
+    out = {}
+    for s in m["shards"]:
+        t = pq.read_table(folder / s["file"])
+        assert t.schema.field("embedding").type == pa.list_(pa.float32(), m["dim"])
+        for i, p, e in zip(t["id"].to_pylist(), t["path"].to_pylist(), t["embedding"].to_pylist()):
+            if i not in dead:
+                assert p not in out, f"{p} stored twice"
+                out[p] = np.asarray(e, "float32")
+    return out
+
+
+def test_sharded_build_equals_hdf5_build_and_is_readable_without_siamsearch(tmp_path, tiny_model):
+    src = make_identity_folders(tmp_path / "imgs", n_ids=6, per_id=20)  # 120 images -> 4 shards of 32
+    h5 = build(src, tiny_model, tmp_path / "h5", shard_size=None)
+    sh = build(src, tiny_model, tmp_path / "sh")
+    m = json.loads((tmp_path / "sh" / "shards.json").read_text())
+    assert [s["rows"] for s in m["shards"]] == [32, 32, 32, 24]
+    ids = np.concatenate([pq.read_table(tmp_path / "sh" / s["file"])["id"].to_numpy() for s in m["shards"]])
+    assert np.array_equal(ids, np.arange(120))  # dense ids from the allocator
+    plain = read_shards_plainly(tmp_path / "sh")
+    ref = dict(zip(h5.relpaths, h5.embeddings))
+    assert set(plain) == set(ref)
+    for p, e in plain.items():
+        np.testing.assert_array_equal(e, ref[p])  # same model, same preprocessing: bit-equal on CPU
+    q = h5.embeddings[::7]
+    a, b = h5.search(q, k=10), sh.search(q, k=10)
+    assert all(set(x) == set(y) for x, y in zip(a.paths, b.paths))
+    np.testing.assert_allclose(np.sort(a.distances, 1), np.sort(b.distances, 1), atol=1e-5)
+    assert sh.info()["index"]["kind"] == "ivf" and sh.info()["index"]["params"]["storage"] == "on-disk"
+    assert sh.labels.tolist() == [sh.label_names.index(p.split("/")[0]) for p in sh.relpaths]
+
+
+def test_update_adds_changes_removes_and_compacts(tmp_path, tiny_model):
+    src = make_identity_folders(tmp_path / "imgs", n_ids=4, per_id=20)  # 80 images
+    out = tmp_path / "sh"
+    g = build(src, tiny_model, out)
+    first = dict(zip(g.relpaths, g.ids.tolist()))
+    g.close()
+    make_identity_folders(tmp_path / "more", n_ids=1, per_id=5, seed=3)
+    (tmp_path / "more" / "id_0").rename(src / "id_new")
+    gone = sorted((src / "id_1").glob("*.png"))[:3]
+    for p in gone:
+        p.unlink()
+    changed = src / "id_2" / "img_0.png"
+    changed.write_bytes((src / "id_3" / "img_0.png").read_bytes())
+    os.utime(changed, (time.time() + 5, time.time() + 5))
+    g = Gallery.open(out)
+    rep = g.update(workers=0, progress=False)
+    assert (rep.added, rep.changed, rep.removed, rep.embedded, rep.index) == (5, 1, 3, 6, "updated")
+    assert len(g) == 80 + 5 - 3
+    assert all(first[p] == i for p, i in zip(g.relpaths, g.ids.tolist()) if p in first and "id_2/img_0" not in p)
+    assert max(g.ids) >= 80  # new rows get new ids; kept rows keep theirs
+    # removed rows never come back from a search, even searched by their own embedding
+    res = g.search(g.embeddings, k=min(10, len(g)))
+    found = {p for row in res.paths for p in row}
+    assert not any(str(p) in found for p in gone)
+    assert sorted(read_shards_plainly(out)) == sorted(g.relpaths)
+    # nothing changed: nothing rewritten
+    assert g.update(workers=0, progress=False).index == "unchanged"
+    # past the tombstone share, the next update compacts the shards and rebuilds the index
+    for p in sorted((src / "id_0").glob("*.png")):
+        p.unlink()
+    rep = g.update(workers=0, progress=False)
+    assert rep.index == "rebuilt" and len(g) == 62
+    assert json.loads((out / "shards.json").read_text())["deleted"] is None
+    assert sorted(read_shards_plainly(out)) == sorted(g.relpaths)
+    g.close()
+
+
+CHILD = """
+import sys, time
+from siamsearch.core.embedder import load_model
+from siamsearch import Gallery
+
+model = load_model(sys.argv[2], device="cpu")
+real = model.embed_files
+
+def slow(*a, **kw):
+    for batch in real(*a, **kw):
+        time.sleep(0.05)
+        yield batch
+
+model.embed_files = slow
+Gallery.build(sys.argv[1], model, out=sys.argv[3], batch_size=4, workers=0, progress=False, shard_size=16)
+print("finished")
+"""
+
+
+def test_sigkill_mid_build_rerun_embeds_only_uncommitted_shards(tmp_path, tiny_model):
+    src = make_identity_folders(tmp_path / "imgs", n_ids=6, per_id=16)  # 96 images, 6 shards of 16
+    out = tmp_path / "sh"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, str(script), str(src), str(tiny_model), str(out)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    journal = out / ".pending" / "run.json"
+
+    def committed() -> int:
+        try:
+            return len(json.loads(journal.read_text())["committed"])
+        except (OSError, ValueError):
+            return 0
+
+    deadline = time.time() + 180
+    while time.time() < deadline and committed() < 2:
+        if proc.poll() is not None:
+            pytest.fail("the build ended before it could be killed: " + proc.stderr.read().decode()[-2000:])
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = committed()
+    assert 2 <= done < 6 and not (out / "shards.json").exists()
+    g = build(src, tiny_model, out, shard_size=16)
+    assert g.last_report.embedded == 96 - 16 * done  # only the uncommitted shards
+    assert g.last_report.resumed == 16 * done
+    clean = build(src, tiny_model, tmp_path / "clean", shard_size=16)
+    assert sorted(zip(g.relpaths, g.ids.tolist())) == sorted(zip(clean.relpaths, clean.ids.tolist()))
+    np.testing.assert_array_equal(g.embeddings, clean.embeddings)
+    assert not (out / ".pending").exists()
+
+
+def test_cli_build_info_query_on_sharded_gallery(tmp_path, tiny_model):
+    src = make_identity_folders(tmp_path / "imgs", n_ids=3, per_id=10)
+    out = tmp_path / "sh"
+    runner = CliRunner()
+    res = runner.invoke(main, ["index", "build", str(src), "--model", str(tiny_model), "--out", str(out),
+                               "--shard-size", "8", "--no-progress", "--workers", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["rows"] == 30  # stdout is clean JSON (Faiss's on-disk messages silenced)
+    res = runner.invoke(main, ["index", "info", str(out), "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["size"] == 30
+    res = runner.invoke(main, ["query", str(src / "id_1" / "img_0.png"), "--index", str(out), "-k", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    assert "id_1/img_0.png" in res.output
+    # an HDF5 gallery is not silently turned into a sharded one
+    runner.invoke(main, ["index", "build", str(src), "--model", str(tiny_model), "--out", str(tmp_path / "h5"),
+                         "--no-progress", "--workers", "0"])
+    res = runner.invoke(main, ["index", "build", str(src), "--model", str(tiny_model), "--out", str(tmp_path / "h5"),
+                               "--engine", "local", "--shard-size", "8", "--no-progress", "--workers", "0"])
+    assert res.exit_code == 2 and "HDF5" in res.output and "Traceback" not in res.output
+
+
+# --------------------------------------------------------------------------- the merged on-disk index
+
+
+def synthetic_shards(folder: Path, n: int, d: int, shard: int, seed: int = 0):
+    """A sharded store of ``n`` clustered unit vectors (no images) and its reader."""
+    from siamsearch.gallery import shards as sh
+
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(64, d))
+    x = centres[rng.integers(0, 64, n)] + 0.35 * rng.normal(size=(n, d))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype("float32")
+    entries = []
+    for k, s in enumerate(range(0, n, shard)):
+        ids = np.arange(s, min(s + shard, n))
+        name = f"shards/shard-{k:06d}.parquet"
+        (folder / "shards").mkdir(parents=True, exist_ok=True)
+        sh.write_shard(folder / name, ids, [f"{i}.png" for i in ids], [""] * len(ids), ["0" * 64] * len(ids),
+                       np.zeros(len(ids)), np.zeros(len(ids), "int64"), x[ids])
+        entries.append(sh.ShardEntry(name, len(ids), int(ids[0]), int(ids[-1]) + 1).to_dict())
+    manifest = {"attrs": {}, "dim": d, "next_id": n, "shards": entries, "label_names": [], "skipped": []}
+    return x, manifest
+
+
+def test_merged_on_disk_index_recall_and_removals(tmp_path):
+    from siamsearch.gallery import ann
+    from siamsearch.gallery.shards import ShardedReader
+
+    n, d = 12000, 32
+    x, manifest = synthetic_shards(tmp_path, n, d, shard=3000)
+    removed = np.arange(0, n, 10)
+    reader = ShardedReader(tmp_path, manifest, deleted=(removed, np.ones(len(removed), bool)))
+    choice = ondisk.choose_index(n, d)
+    assert choice.factory == f"IVF{choice.nlist},Flat" and choice.nlist >= 64
+    source = reader.source(np.arange(n))  # every vector is indexed; the removed ones are filtered at search
+    trained = tmp_path / ondisk.TRAINED_NAME
+    import faiss
+
+    faiss.write_index(ondisk.train_empty(source, choice), str(trained))
+    parts = ondisk.write_parts(trained, source.shard_blocks(), tmp_path / "parts")
+    assert len(parts) == 4
+    merged = ondisk.merge(trained, parts, tmp_path / "faiss.x.ivfdata")
+    faiss.write_index(merged, str(tmp_path / "faiss.index"))
+    del merged
+    index = ann.AnnIndex(ondisk.read_ondisk(tmp_path / "faiss.index"), choice.factory, {"removal": "tombstone"},
+                         tombstones=removed)
+    live = reader.source()
+    ondisk.tune(index, live)
+    assert index.ntotal == n and len(index) == n - len(removed)
+    q = x[1::97]
+    _, got = index.search(q, 10)
+    keep = np.setdiff1d(np.arange(n), removed)
+    d2 = ((q[:, None, :] - x[keep][None]) ** 2).sum(-1)
+    truth = keep[np.argsort(d2, axis=1)[:, :10]]
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got.tolist(), truth.tolist())])
+    assert recall >= 0.95, recall
+    assert not np.isin(got, removed).any()
+
+
+def test_index_sizing_rules():
+    flat = ondisk.choose_index(10_000_000, 128)
+    assert flat.factory.endswith(",Flat") and flat.nlist & (flat.nlist - 1) == 0
+    assert flat.index_bytes == 10_000_000 * (512 + 8) + flat.nlist * 128 * 4
+    small = ondisk.choose_index(10_000_000, 128, max_memory=ondisk.parse_memory("2G"))
+    assert small.factory.endswith(",SQ8") and small.index_bytes <= 2 << 30
+    big = ondisk.choose_index(1_000_000_000, 128, max_memory=ondisk.parse_memory("64G"))
+    assert "_HNSW32" in big.factory and ",PQ" in big.factory and big.index_bytes <= 64 << 30
+    with pytest.raises(SiamsearchError, match="max-index-memory"):
+        ondisk.choose_index(1_000_000_000, 128, max_memory=ondisk.parse_memory("1G"))
+    assert ondisk.parse_memory("512M") == 512 << 20 and ondisk.parse_memory("1.5GiB") == int(1.5 * (1 << 30))
+    with pytest.raises(SiamsearchError, match="not understood"):
+        ondisk.parse_memory("lots")
+    assert ondisk.lists_for(100) == 2  # at least 40 training vectors per list
+
+
+def test_damaged_store_manifest_says_how_to_rebuild(tmp_path, tiny_model):
+    src = make_identity_folders(tmp_path / "imgs", n_ids=2, per_id=8)
+    build(src, tiny_model, tmp_path / "sh", shard_size=8).close()
+    (tmp_path / "sh" / "shards.json").write_text("{broken")
+    with pytest.raises(GalleryError, match="--overwrite"):
+        Gallery.open(tmp_path / "sh")
+
+
+def test_engine_ray_without_ray_installed_says_how_to_install(tmp_path, tiny_model, monkeypatch):
+    src = make_identity_folders(tmp_path / "imgs", n_ids=2, per_id=4)
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    res = CliRunner().invoke(main, ["index", "build", str(src), "--model", str(tiny_model), "--out",
+                                    str(tmp_path / "g"), "--engine", "ray", "--no-progress"])
+    assert res.exit_code == 2 and "pip install 'siamsearch[ray]'" in res.output and "Traceback" not in res.output
