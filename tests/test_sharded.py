@@ -266,3 +266,18 @@ def test_engine_ray_without_ray_installed_says_how_to_install(tmp_path, tiny_mod
     res = CliRunner().invoke(main, ["index", "build", str(src), "--model", str(tiny_model), "--out",
                                     str(tmp_path / "g"), "--engine", "ray", "--no-progress"])
     assert res.exit_code == 2 and "pip install 'siamsearch[ray]'" in res.output and "Traceback" not in res.output
+
+
+def test_scale_doc_sizing_table_is_the_one_the_code_computes():
+    import importlib.util
+
+    results = REPO / "benchmarks" / "results" / "distributed_build.json"
+    if not results.is_file():
+        pytest.skip("benchmarks/results/distributed_build.json not written yet")
+    spec = importlib.util.spec_from_file_location("distributed_build", REPO / "benchmarks" / "distributed_build.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    text = (REPO / "docs" / "scale.md").read_text(encoding="utf-8")
+    block = text[text.index(bench.TABLE_START) + len(bench.TABLE_START):text.index(bench.TABLE_END)]
+    per_core = json.loads(results.read_text())["per_core_ips"]
+    assert block.strip() == bench.scale_block(per_core).strip()

@@ -300,7 +300,7 @@ def _index(folder: Path, old: Optional[_sh.ShardedReader], reader: _sh.ShardedRe
             and old.attrs.get("requested_factory") == factory and trained.is_file() \
             and _store.index_is_current(folder, old.attrs):
         base, state = folder / _store.INDEX_NAME, "updated"
-        new_ids = np.asarray([i for i in live if i >= old.n_rows], "int64")
+        new_ids = live[live >= old.n_rows]
         blocks = reader.source(new_ids).shard_blocks()
         params = json_or_raw(old.attrs.get("index_params", "{}"))
     else:

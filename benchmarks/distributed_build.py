@@ -1,0 +1,271 @@
+"""Distributed build: `--engine local` vs `--engine ray` on one machine, and the on-disk merge of 1M vectors.
+
+1. The same folder of generated images (20,000; ``--quick``: 2,000) is built with
+   ``--engine local`` (this process, DataLoader decoding workers) and with ``--engine ray``
+   (a local Ray cluster of ``--workers`` CPUs), each in its own process: images/s of each
+   and the ratio (target: Ray >= 0.7x local). The Ray driver's peak RSS is measured at the
+   full size and at half of it (it must not grow with the gallery).
+2. 1,000,000 synthetic unit vectors (``--quick``: 100,000) of dimension 128 in 10 Parquet
+   shards: the IVF index is trained on a sample across shards, each shard added to its own
+   part, and the parts merged on disk; the merge runs in its own process, whose peak RSS is
+   compared with the final index's size (target: <= 1.5x).
+3. The sizing table of docs/scale.md, computed from the measured per-core rate by
+   :func:`sizing_rows` (10M, 100M, 1B images at d = 128 and 512).
+
+Writes ``benchmarks/results/distributed_build.json`` (``local_ips``, ``ray_ips``, ``ray_vs_local``,
+``driver_peak_rss_mb``, ``merge_seconds``, ``merge_peak_rss_mb``, ``index_mb``, ...) and ``.md``,
+and refreshes the table in docs/scale.md.
+
+    python benchmarks/distributed_build.py [--quick] [--images N] [--vectors N] [--workers 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+SCALE_DOC = ROOT / "docs" / "scale.md"
+TABLE_START, TABLE_END = "<!-- sizing-table -->", "<!-- /sizing-table -->"
+#: Projected, not measured (no GPU on the benchmark machine): images/s one GPU embeds with the default model,
+#: when enough CPU cores decode for it (the per-core decode+embed rate measured here bounds the decode side).
+ASSUMED_GPU_IPS = 3000.0
+SIZES = (10_000_000, 100_000_000, 1_000_000_000)
+DIMS = (128, 512)
+BUDGET = "64G"
+SHARD_ROWS = 100_000
+TARGET_RATIO, TARGET_MERGE = 0.7, 1.5
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+
+
+# --------------------------------------------------------------------------- steps (each in its own process)
+
+
+def make_images(folder: Path, n: int, size: int = 48) -> None:
+    """``n`` PNG images in 100 identity folders (blobs with noise), seeded."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        d = folder / f"id_{i % 100:03d}"
+        d.mkdir(parents=True, exist_ok=True)
+        cy, cx = 8 + (i % 100) % 32, 8 + (i % 100) // 4
+        img = 255 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 30.0) + rng.normal(0, 12, (size, size))
+        Image.fromarray(np.clip(img, 0, 255).astype("uint8"), "L").save(d / f"img_{i:06d}.png")
+
+
+def make_model(path: Path) -> None:
+    import torch
+
+    from siamsearch.core.checkpoint import save_checkpoint
+    from siamsearch.core.config import ModelConfig
+    from siamsearch.core.model import EmbeddingNet
+
+    torch.manual_seed(0)
+    cfg = ModelConfig()  # smallcnn, 64 px, d = 128
+    save_checkpoint(path, cfg, EmbeddingNet(cfg).state_dict(), {"note": "untrained benchmark model"})
+
+
+def step_build(engine: str, images: str, model: str, out: str, workers: int) -> dict:
+    from siamsearch import Gallery
+
+    if engine == "ray":
+        import ray
+
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        g = Gallery.build(images, model, out=out, engine="ray", shard_size=2000, progress=False)
+        ray.shutdown()
+    else:
+        g = Gallery.build(images, model, out=out, workers=workers, progress=False)
+    r = g.last_report
+    return {"embedded": r.embedded, "seconds": round(r.seconds, 2), "ips": round(r.embedded / r.seconds, 1),
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def step_prepare_merge(work: str, n: int, dim: int) -> dict:
+    """Write 10 shards of clustered unit vectors, train the index on a sample across them, write the parts."""
+    import faiss
+    import numpy as np
+
+    from siamsearch.gallery import ondisk
+    from siamsearch.gallery import shards as sh
+
+    work = Path(work)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(1000, dim)).astype("float32")
+    per = n // 10
+    entries = []
+    t0 = time.perf_counter()
+    for k in range(10):
+        ids = np.arange(k * per, (k + 1) * per)
+        x = centres[rng.integers(0, 1000, per)] + 0.5 * rng.normal(size=(per, dim)).astype("float32")
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        name = f"shards/shard-{k:06d}.parquet"
+        (work / "shards").mkdir(parents=True, exist_ok=True)
+        sh.write_shard(work / name, ids, [f"{i}.png" for i in ids], [""] * per, ["0" * 64] * per,
+                       np.zeros(per), np.zeros(per, "int64"), x)
+        entries.append(sh.ShardEntry(name, per, int(ids[0]), int(ids[-1]) + 1).to_dict())
+        del x
+    write_s = time.perf_counter() - t0
+    manifest = {"attrs": {}, "dim": dim, "next_id": n, "shards": entries, "label_names": [], "skipped": []}
+    (work / "manifest.json").write_text(json.dumps(manifest))
+    reader = sh.ShardedReader(work, manifest)
+    source = reader.source(np.arange(n))
+    choice = ondisk.choose_index(n, dim)
+    t0 = time.perf_counter()
+    faiss.write_index(ondisk.train_empty(source, choice), str(work / ondisk.TRAINED_NAME))
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    parts = ondisk.write_parts(work / ondisk.TRAINED_NAME, source.shard_blocks(), work / "parts")
+    add_s = time.perf_counter() - t0
+    return {"factory": choice.factory, "parts": [str(p) for p in parts], "write_shards_seconds": round(write_s, 1),
+            "train_seconds": round(train_s, 1), "add_seconds": round(add_s, 1), "peak_rss_mb": peak_rss_mb()}
+
+
+def step_merge(work: str, parts: list) -> dict:
+    """Merge the parts on disk: time, peak RSS, and the final index's size."""
+    import faiss
+
+    from siamsearch.gallery import ondisk
+
+    work = Path(work)
+    t0 = time.perf_counter()
+    merged = ondisk.merge(work / ondisk.TRAINED_NAME, [Path(p) for p in parts], work / "faiss.merged.ivfdata")
+    faiss.write_index(merged, str(work / "faiss.index"))
+    seconds = time.perf_counter() - t0
+    size = ondisk.index_size_bytes(work / "faiss.index", work / "faiss.merged.ivfdata")
+    return {"merge_seconds": round(seconds, 2), "merge_peak_rss_mb": peak_rss_mb(), "index_mb": round(size / 2**20, 1),
+            "ntotal": int(merged.ntotal)}
+
+
+def run_step(*args: str) -> dict:
+    """Run one step in a fresh process; its last stdout line is the JSON result."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    res = subprocess.run([sys.executable, __file__, "--step", *args], env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"step {args[0]} failed:\n{res.stderr[-4000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- the sizing table
+
+
+def sizing_rows(per_core_ips: float, gpu_ips: float = ASSUMED_GPU_IPS) -> list[dict]:
+    """The docs/scale.md table: storage, index, memory and embedding time per size and dimension."""
+    from siamsearch.gallery import ondisk
+
+    budget = ondisk.parse_memory(BUDGET)
+    rows = []
+    for d in DIMS:
+        for n in SIZES:
+            choice = ondisk.choose_index(n, d, budget)
+            rows.append({"images": n, "dim": d, "parquet": ondisk.human(n * (4 * d + 130)),
+                         "factory": choice.factory, "index": ondisk.human(choice.index_bytes),
+                         "build_memory": ondisk.human(ondisk.estimate_build_memory(choice, d, SHARD_ROWS)),
+                         "cpu_core_hours": round(n / per_core_ips / 3600), "gpu_hours": round(n / gpu_ips / 3600, 1)})
+    return rows
+
+
+def sizing_markdown(per_core_ips: float, gpu_ips: float = ASSUMED_GPU_IPS) -> str:
+    head = ("| images | d | embeddings (Parquet) | index chosen (`--max-index-memory 64G`) | index size | "
+            "build memory (driver) | embedding: CPU core-hours | embedding: GPU-hours |\n|---|---|---|---|---|---|---|---|")
+    lines = [head] + [f"| {r['images']:,} | {r['dim']} | {r['parquet']} | `{r['factory']}` | {r['index']} | "
+                      f"{r['build_memory']} | {r['cpu_core_hours']:,} | {r['gpu_hours']:,} |"
+                      for r in sizing_rows(per_core_ips, gpu_ips)]
+    return "\n".join(lines)
+
+
+def refresh_scale_doc(per_core_ips: float) -> None:
+    """Replace the table between the markers in docs/scale.md."""
+    text = SCALE_DOC.read_text(encoding="utf-8")
+    a, b = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
+    SCALE_DOC.write_text(text[:a] + "\n" + scale_block(per_core_ips) + "\n" + text[b:], encoding="utf-8")
+
+
+def scale_block(per_core_ips: float) -> str:
+    """What stands between the markers of docs/scale.md: the rate used and the table."""
+    return (f"Per-core rate used: {per_core_ips:.1f} images/s (measured); per-GPU rate: {ASSUMED_GPU_IPS:.0f} "
+            "images/s (assumed).\n\n" + sizing_markdown(per_core_ips))
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="2,000 images and 100,000 vectors")
+    ap.add_argument("--images", type=int, default=None, help="images in the folder [20,000; quick 2,000]")
+    ap.add_argument("--vectors", type=int, default=None, help="vectors merged [1,000,000; quick 100,000]")
+    ap.add_argument("--workers", type=int, default=2, help="CPUs of the local Ray cluster / local decode workers")
+    ap.add_argument("--step", nargs="+", help=argparse.SUPPRESS)
+    ap.add_argument("--data", default=None, help=argparse.SUPPRESS)  # passed by the runner; not used
+    args = ap.parse_args()
+    if args.step:
+        name, rest = args.step[0], args.step[1:]
+        if name == "build":
+            out = step_build(rest[0], rest[1], rest[2], rest[3], int(rest[4]))
+        elif name == "prepare":
+            out = step_prepare_merge(rest[0], int(rest[1]), int(rest[2]))
+        else:
+            out = step_merge(rest[0], json.loads(rest[1]))
+        print(json.dumps(out))
+        return
+    n_img = args.images or (2000 if args.quick else 20000)
+    n_vec = args.vectors or (100_000 if args.quick else 1_000_000)
+    with tempfile.TemporaryDirectory(prefix="siamsearch-dist-") as tmp:
+        tmp = Path(tmp)
+        make_images(tmp / "imgs", n_img)
+        make_images(tmp / "half", n_img // 2)
+        make_model(tmp / "model.pt")
+        w = str(args.workers)
+        local = run_step("build", "local", str(tmp / "imgs"), str(tmp / "model.pt"), str(tmp / "g_local"), w)
+        ray = run_step("build", "ray", str(tmp / "imgs"), str(tmp / "model.pt"), str(tmp / "g_ray"), w)
+        ray_half = run_step("build", "ray", str(tmp / "half"), str(tmp / "model.pt"), str(tmp / "g_half"), w)
+        prep = run_step("prepare", str(tmp / "merge"), str(n_vec), "128")
+        merge = run_step("merge", str(tmp / "merge"), json.dumps(prep.pop("parts")))
+    ratio = round(ray["ips"] / local["ips"], 3)
+    merge_ratio = round(merge["merge_peak_rss_mb"] / merge["index_mb"], 3)
+    per_core = round(local["ips"] / args.workers, 1)
+    summary = {"local_ips": local["ips"], "ray_ips": ray["ips"], "ray_vs_local": ratio,
+               "driver_peak_rss_mb": ray["peak_rss_mb"], "merge_seconds": merge["merge_seconds"],
+               "merge_peak_rss_mb": merge["merge_peak_rss_mb"], "index_mb": merge["index_mb"],
+               "meets_ray_target": ratio >= TARGET_RATIO, "meets_merge_target": merge_ratio <= TARGET_MERGE}
+    payload = {"benchmark": "distributed_build", "quick": bool(args.quick),
+               "title": "Distributed build: Ray vs local, on-disk merge", "summary": summary, **summary,
+               "images": n_img, "vectors": n_vec, "workers": args.workers,
+               "driver_peak_rss_mb_half_gallery": ray_half["peak_rss_mb"], "local_peak_rss_mb": local["peak_rss_mb"],
+               "merge_rss_vs_index": merge_ratio, "prepare": prep, "merge_factory": prep["factory"],
+               "per_core_ips": per_core, "assumed_gpu_ips": ASSUMED_GPU_IPS,
+               "load_average": os.getloadavg(), "targets": {"ray_vs_local": TARGET_RATIO, "merge_rss_vs_index":
+                                                            TARGET_MERGE},
+               "sizing": sizing_rows(per_core)}
+    from benchmarks._common import write_results
+
+    rows = [("local", n_img, f"{local['ips']:.1f}", "-", f"{local['peak_rss_mb']:.0f}"),
+            ("ray", n_img, f"{ray['ips']:.1f}", f"{ratio:.2f}x", f"{ray['peak_rss_mb']:.0f}"),
+            ("ray (half)", n_img // 2, f"{ray_half['ips']:.1f}", "-", f"{ray_half['peak_rss_mb']:.0f}")]
+    path = write_results("distributed_build", payload, rows, ("engine", "images", "images/s", "vs local",
+                                                               "driver peak RSS MB"),
+                         f"Distributed build on {args.workers} local workers; merge of {n_vec:,} vectors: "
+                         f"{merge['merge_seconds']} s, peak RSS {merge['merge_peak_rss_mb']} MB for a "
+                         f"{merge['index_mb']} MB index")
+    refresh_scale_doc(per_core)
+    print(f"ray {ray['ips']} img/s vs local {local['ips']} img/s ({ratio}x); merge {merge['merge_seconds']} s, "
+          f"peak RSS {merge['merge_peak_rss_mb']} MB for a {merge['index_mb']} MB index -> {path}")
+
+
+if __name__ == "__main__":
+    main()
