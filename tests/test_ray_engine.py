@@ -81,6 +81,7 @@ def test_ray_build_equals_local_build(cluster, setup):
     rg.close()
 
 
+@pytest.mark.slow  # 2 Ray builds (~2 min on 2 loaded cores); the local engine's SIGKILL test covers the journal by default
 def test_ray_driver_dies_mid_build_rerun_embeds_only_uncommitted_shards(cluster, setup, monkeypatch):
     from siamsearch.gallery import sharded
 
