@@ -199,17 +199,20 @@ def sizing_markdown(per_core_ips: float, gpu_ips: float = ASSUMED_GPU_IPS) -> st
     return "\n".join(lines)
 
 
-def refresh_scale_doc(per_core_ips: float) -> None:
+def refresh_scale_doc(results: dict) -> None:
     """Replace the table between the markers in docs/scale.md."""
     text = SCALE_DOC.read_text(encoding="utf-8")
     a, b = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
-    SCALE_DOC.write_text(text[:a] + "\n" + scale_block(per_core_ips) + "\n" + text[b:], encoding="utf-8")
+    SCALE_DOC.write_text(text[:a] + "\n" + scale_block(results) + "\n" + text[b:], encoding="utf-8")
 
 
-def scale_block(per_core_ips: float) -> str:
-    """What stands between the markers of docs/scale.md: the rate used and the table."""
-    return (f"Per-core rate used: {per_core_ips:.1f} images/s (measured); per-GPU rate: {ASSUMED_GPU_IPS:.0f} "
-            "images/s (assumed).\n\n" + sizing_markdown(per_core_ips))
+def scale_block(results: dict) -> str:
+    """What stands between the markers of docs/scale.md: the measured rate, how it was measured, the table."""
+    load = results["load_average"][0]
+    return (f"Per-core rate used: {results['per_core_ips']:.1f} images/s, measured by a "
+            f"{'--quick ' if results['quick'] else ''}run on {results['workers']} cores at load average "
+            f"{load:.1f}{' (shared with other jobs: a pessimistic rate)' if load > results['workers'] else ''}; "
+            f"per-GPU rate: {ASSUMED_GPU_IPS:.0f} images/s (assumed).\n\n" + sizing_markdown(results["per_core_ips"]))
 
 
 # --------------------------------------------------------------------------- main
@@ -273,7 +276,7 @@ def main() -> None:
                          f"Distributed build on {args.workers} local workers; merge of {n_vec:,} vectors: "
                          f"{merge['merge_seconds']} s, peak RSS {merge['merge_peak_rss_mb']} MB for a "
                          f"{merge['index_mb']} MB index")
-    refresh_scale_doc(per_core)
+    refresh_scale_doc(payload)
     print(f"ray {ray['ips']} img/s vs local {local['ips']} img/s ({ratio}x); merge {merge['merge_seconds']} s, "
           f"peak RSS {merge['merge_peak_rss_mb']} MB for a {merge['index_mb']} MB index -> {path}")
 
