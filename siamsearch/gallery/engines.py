@@ -180,7 +180,7 @@ def _decode_batch(batch: dict, config_json: str) -> dict:
 class EmbedActor:
     """Ray Data callable class: loads the model once per actor, embeds decoded batches."""
 
-    def __init__(self, model_path: str, fingerprint: str, device: str, threads: int):
+    def __init__(self, model_path: str, fingerprint: str, device: str, threads: int, precision: str = "fp32"):
         import ray
         import torch
 
@@ -188,7 +188,7 @@ class EmbedActor:
 
         torch.set_num_threads(max(1, int(threads)))
         try:
-            self.embedder = load_model(model_path, device=device)
+            self.embedder = load_model(model_path, device=device, precision=precision)
         except (OSError, SiamsearchError) as e:
             raise RuntimeError(f"{_MODEL_ERROR}: {model_path} on node {ray.get_runtime_context().get_node_id()}: "
                                f"{e}") from None
@@ -242,7 +242,8 @@ def run_ray(tasks: list, source: Path, embedder, batch_size: int, progress: bool
     device = "cuda" if resources.get("num_gpus") else "cpu"
     ds = ds.map_batches(EmbedActor, fn_constructor_kwargs={
         "model_path": os.path.abspath(embedder.path), "fingerprint": embedder.fingerprint, "device": device,
-        "threads": resources["num_cpus"]}, batch_size=batch_size, batch_format="numpy", concurrency=actors,
+        "threads": resources["num_cpus"],
+        "precision": getattr(embedder, "precision", "fp32") if device == "cpu" else "auto"}, batch_size=batch_size, batch_format="numpy", concurrency=actors,
         **resources)
     yield from _collect(ds, tasks, batch_size)
 
