@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import make_identity_folders
+from test_sharded import same_neighbours
 from siamsearch import Gallery
 from siamsearch.core.errors import SiamsearchError
 
@@ -75,8 +76,7 @@ def test_ray_build_equals_local_build(cluster, setup):
     assert cos.min() >= 0.9999
     np.testing.assert_array_equal(a, b)  # fp32 on CPU, same preprocessing and batches: bit-equal
     q = local.embeddings[::9]
-    r1, r2 = local.search(q, k=10), rg.search(q, k=10)
-    assert all(set(x) == set(y) for x, y in zip(r1.paths, r2.paths))
+    assert same_neighbours(local.search(q, k=10), rg.search(q, k=10))
     local.close()
     rg.close()
 

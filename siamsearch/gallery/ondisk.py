@@ -226,7 +226,7 @@ def tune(ann: "_ann.AnnIndex", source, seed: int = 0) -> dict:
         ann._apply_params()
         return ann.params
     _, queries = source.sample(_ann.TUNE_QUERIES, seed + 1)
-    _, truth = _ann.exact_knn(source, queries, min(10, n))
+    _, truth = _ann.exact_knn(queries, source.blocks(65536), min(10, n))
     return ann.tune(queries, truth)
 
 
