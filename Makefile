@@ -13,7 +13,7 @@ $(PY):
 
 $(STAMP): $(PY) setup.cfg pyproject.toml
 	$(PY) -m pip install -q $(TORCH) || $(PY) -m pip install -q torch torchvision
-	$(PY) -m pip install -q -e ".[test,demo,ray]"
+	$(PY) -m pip install -q -e ".[test,demo,ray,serve]"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -41,6 +41,7 @@ def main() -> None:
       siamsearch query photo.jpg --index index/gallery       # who is this?
       siamsearch verify a.jpg b.jpg --model model.pt         # same or different?
       siamsearch evaluate --model model.pt --data test/      # how reliable is it?
+      siamsearch serve --model model.pt --index index/gallery  # REST API + web page
 
     Run `siamsearch COMMAND --help` for each command's options.
     """
@@ -48,10 +49,10 @@ def main() -> None:
 
 def _register() -> None:
     # One line per command module; each module defines a click command or group.
-    from . import calibrate, data, demo, evaluate, index, query, train, verify
+    from . import calibrate, data, demo, evaluate, index, query, serve, train, verify
 
     for command in (train.train, evaluate.evaluate, data.data, calibrate.calibrate, verify.verify, query.query,
-                    index.index, demo.demo):
+                    index.index, serve.serve, demo.demo):
         main.add_command(command)
 
 
