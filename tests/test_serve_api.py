@@ -192,7 +192,9 @@ def test_enrol_search_remove_and_restart(served):
         assert js["neighbors"][0]["id"] == i and js["neighbors"][0]["distance"] < 1e-5 and js["prediction"] == "zoe"
         assert c.get(f"{API}/galleries/people/images/{i}").content == data  # the stored bytes are the upload
     idents = c.get(f"{API}/galleries/people/identities", params={"limit": 2, "offset": 4}).json()
-    assert idents["total"] == 5 and idents["identities"] == [{"identity": "zoe", "images": 2, "image_ids": ids}]
+    assert idents["total"] == 5 and len(idents["identities"]) == 1
+    assert idents["identities"][0]["identity"] == "zoe" and idents["identities"][0]["images"] == 2
+    assert sorted(idents["identities"][0]["image_ids"]) == sorted(ids)
     # the gallery on disk is what `index info` and a fresh build read
     with Gallery.open(index) as g:
         assert len(g) == 14 and g.info()["labels"]["per_label"]["zoe"] == 2

@@ -256,8 +256,8 @@ def _install_api(app: FastAPI, svc: Service) -> None:
     @app.get(API + "/galleries/{name}/images/{image_id}", tags=["api"], dependencies=[read],
              summary="The stored image file")
     async def image(name: str, image_id: str):
-        path, _ = await asyncio.to_thread(svc.gallery(name).image_path, image_id)
-        return FileResponse(str(path))
+        data, media = await asyncio.to_thread(svc.gallery(name).image_bytes, image_id)
+        return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
 
     @app.delete(API + "/galleries/{name}/images/{image_id}", tags=["api"], dependencies=[write],
                 summary="Remove one image")

@@ -217,6 +217,17 @@ class GalleryHandle:
             raise ApiError(404, "image_not_found", f"image {ident} lies outside the gallery's folder")
         return path, rel
 
+    def image_bytes(self, ident: str) -> tuple[bytes, str]:
+        """The stored file's bytes and its media type (404 also when it was removed while being read)."""
+        import mimetypes
+
+        path, rel = self.image_path(ident)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ApiError(404, "image_not_found", f"image {ident} ({rel}) was removed") from None
+        return data, mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
     def embedding_map(self, limit: int = 2000, seed: int = 0) -> dict:
         """A 2-D PCA projection of (up to ``limit``, seeded sample of) the gallery's embeddings."""
         g = self.current()
