@@ -321,3 +321,27 @@ def test_metrics_docs_page_and_map(served):
     mp = c.get(f"{API}/galleries/people/map").json()
     assert mp["total"] == 12 and len(mp["points"]) == 12 and {p["label"] for p in mp["points"]} == {f"id_{k}" for k in range(4)}
     _assert_error(c.get("/no/such/route"), 404)
+
+
+def test_rate_limit_answers_429_with_retry_after(served):
+    from siamsearch.serve.ratelimit import RateLimiter
+
+    cfg = ServeConfig(model=served["cfg"].model, indexes=served["cfg"].indexes, rate_limit=1.0)
+    c = TestClient(create_app(cfg))
+    assert c.app.state.service.limiter.rate == 1.0
+    c.app.state.service.limiter = RateLimiter(1.0, clock=lambda: 0.0)  # frozen time: no refill in between
+    assert [c.get(f"{API}/info").status_code for _ in range(2)] == [200, 200]  # a burst of 2 at 1 request/s
+    r = c.get(f"{API}/info")
+    _assert_error(r, 429, "rate_limited")
+    assert int(r.headers["retry-after"]) >= 1
+    assert c.get("/healthz").status_code == 200  # health is not limited
+    # the bucket refills at the rate, per client
+    now = [0.0]
+    lim = RateLimiter(2.0, clock=lambda: now[0])
+    for _ in range(4):
+        lim.check("a")
+    with pytest.raises(Exception, match="retry after 1 s"):
+        lim.check("a")
+    lim.check("b")
+    now[0] = 0.5
+    lim.check("a")

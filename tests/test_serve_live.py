@@ -233,3 +233,46 @@ def test_real_server_killed_mid_enrol_restarts_consistent(tmp_path):
     idents = svc.gallery("people").identities(limit=100)["identities"]
     assert [i["images"] for i in idents if i["identity"] == "late"] == [2]
     _assert_equals_fresh_build(index, model, tmp_path / "fresh")
+
+
+@pytest.mark.slow
+def test_two_uvicorn_workers_serve_one_gallery(tmp_path):
+    """`--workers 2`: enrolments through either worker are searchable through both; the gallery stays whole."""
+    model = calibrated_model(tmp_path / "model.pt")
+    index = build_gallery(tmp_path, model)
+    port = free_port()
+    cmd = [sys.executable, "-c", "from siamsearch.cli import main; main()", "serve", "--model", str(model),
+           "--index", str(index), "--port", str(port), "--workers", "2"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.3)
+        data = {i: png_bytes(2000 + i) for i in range(8)}
+
+        def enrol(i):
+            with httpx.Client(base_url=url, timeout=120) as c:  # a new connection each: both workers get some
+                r = c.post(f"{API}/galleries/people/images", data={"identity": f"w{i % 2}"},
+                           files=[("files", ("x.png", data[i]))])
+                assert r.status_code == 201, r.text
+                return r.json()["ids"][0]
+
+        with ThreadPoolExecutor(8) as pool:
+            ids = list(pool.map(enrol, range(8)))
+        for i, ident in enumerate(ids):
+            for _ in range(3):
+                with httpx.Client(base_url=url, timeout=60) as c:
+                    js = c.post(f"{API}/galleries/people/search", files={"image": ("q.png", data[i])},
+                                data={"k": "1"}).json()
+                    assert js["neighbors"][0]["id"] == ident
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    _assert_equals_fresh_build(index, model, tmp_path / "fresh")

@@ -24,8 +24,12 @@ import click
               help="Threads per process that decode, embed and search.")
 @click.option("--queue", type=click.IntRange(0), default=32,
               help="Requests that may wait for an inference thread; beyond that 503 with Retry-After.")
+@click.option("--rate-limit", type=click.FloatRange(0), default=0.0,
+              help="Requests per second per client (API key, or address without keys), bursts of twice that; "
+                   "over it 429 with Retry-After. 0 = no limit.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
-def serve(model, indexes, host, port, api_keys, max_upload_mb, max_pixels, workers, inference_threads, queue, device):
+def serve(model, indexes, host, port, api_keys, max_upload_mb, max_pixels, workers, inference_threads, queue,
+          rate_limit, device):
     """Serve galleries over HTTP: verify, search, enrol, remove; a web page at / and API docs at /docs.
 
     \b
@@ -51,7 +55,8 @@ def serve(model, indexes, host, port, api_keys, max_upload_mb, max_pixels, worke
                               "pip install 'siamsearch[serve]'") from None
     cfg = ServeConfig(model=model, indexes=tuple(indexes), host=host, port=port, api_keys=api_keys,
                       max_upload_mb=max_upload_mb, max_pixels=max_pixels, workers=workers,
-                      inference_threads=inference_threads, queue=queue, device=device).check()
+                      inference_threads=inference_threads, queue=queue, rate_limit=rate_limit,
+                      device=device).check()
     if workers == 1:
         app = create_app(cfg)  # load model and galleries now: errors are reported before listening
         svc = app.state.service

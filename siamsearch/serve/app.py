@@ -198,15 +198,17 @@ def _install_pages(app: FastAPI) -> None:
 
 def _auth(svc: Service, role: str):
     def check(request: Request) -> None:
-        if svc.keys is None:
-            return
         key = request.headers.get("x-api-key")
-        got = svc.keys.role(key)
-        if got is None:
-            raise ApiError(401, "unauthorized", "missing or unknown API key; send it in the X-API-Key header")
-        if role == "write" and got != "write":
-            raise ApiError(403, "forbidden", "this API key may read (verify, search, info) but not enrol or "
-                                             "remove; use a write key")
+        if svc.keys is not None:
+            got = svc.keys.role(key)
+            if got is None:
+                raise ApiError(401, "unauthorized", "missing or unknown API key; send it in the X-API-Key header")
+            if role == "write" and got != "write":
+                raise ApiError(403, "forbidden", "this API key may read (verify, search, info) but not enrol or "
+                                                 "remove; use a write key")
+        if svc.limiter is not None:
+            client = f"key:{key}" if svc.keys is not None else f"addr:{request.client.host if request.client else ''}"
+            svc.limiter.check(client)
     return Depends(check)
 
 

@@ -38,6 +38,7 @@ class ServeConfig:
         inference_threads: threads that decode, embed and search in each process.
         queue: requests allowed to wait for an inference thread; beyond it 503 + Retry-After.
         device: ``auto``, ``cpu`` or ``cuda``.
+        rate_limit: requests per second per client (API key, or address without keys); 0 = no limit.
     """
 
     model: str
@@ -51,6 +52,7 @@ class ServeConfig:
     inference_threads: int = 2
     queue: int = 32
     device: str = "auto"
+    rate_limit: float = 0.0
     extra: dict = field(default_factory=dict)
 
     @property
@@ -75,9 +77,9 @@ class ServeConfig:
             raise SiamsearchError(f"--host {self.host} is reachable from other machines, and without --api-keys "
                                   "anyone could enrol and remove images; give --api-keys FILE, or bind to 127.0.0.1")
         if self.max_upload_mb <= 0 or self.max_pixels < 1 or self.workers < 1 or self.inference_threads < 1 \
-                or self.queue < 0:
+                or self.queue < 0 or self.rate_limit < 0:
             raise SiamsearchError("--max-upload-mb, --max-pixels, --workers and --inference-threads must be "
-                                  "positive, --queue at least 0")
+                                  "positive, --queue and --rate-limit at least 0")
         return self
 
     def to_env(self) -> str:

@@ -18,6 +18,7 @@ from .config import ApiKeys, ServeConfig
 from .galleries import GalleryHandle, image_id
 from .metrics import Metrics
 from .pool import InferencePool
+from .ratelimit import RateLimiter
 from .uploads import Upload
 
 #: Keys of a calibration record shown in ``/api/v1/info``.
@@ -47,6 +48,7 @@ class Service:
             h = GalleryHandle(folder, model)
             self.galleries[h.name] = h
             self.metrics.gallery_images.labels(h.name).set(len(h.current()))
+        self.limiter = RateLimiter(config.rate_limit) if config.rate_limit > 0 else None
         self.pool = InferencePool(config.inference_threads, config.queue, on_reject=self.metrics.busy.inc)
 
     # ---- description
@@ -70,7 +72,7 @@ class Service:
             "galleries": [h.summary() for h in self.galleries.values()],
             "limits": {"max_upload_mb": self.config.max_upload_mb, "max_pixels": self.config.max_pixels,
                        "k_max": 100, "inference_threads": self.config.inference_threads,
-                       "queue": self.config.queue},
+                       "queue": self.config.queue, "rate_limit_per_s": self.config.rate_limit or None},
             "auth": "api-keys" if self.keys is not None else "none (loopback only)",
         }
 
