@@ -71,7 +71,7 @@ def serve(model, indexes, host, port, api_keys, max_upload_mb, max_pixels, worke
         os.environ[CONFIG_ENV] = cfg.to_env()
         app = "siamsearch.serve.app:app_from_env"
     url = f"http://{host if ':' not in host else '[' + host + ']'}:{port}"
-    click.echo(f"siamsearch serve: model {fp}, galleries {names}")
+    click.echo(f"model {fp}; galleries: {names}")
     click.echo(f"listening on {url}  (web page {url}/, API docs {url}/docs, {workers} worker(s))")
     if api_keys is None:
         click.echo("no --api-keys: anyone on this machine can enrol and remove; serving on loopback only")

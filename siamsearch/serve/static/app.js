@@ -177,7 +177,9 @@ async function removeIdentity(name) {
 }
 
 // ---- map
-function colour(i) { return `hsl(${(i * 137.508) % 360}, 70%, 60%)`; }
+const PALETTE = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c",
+  "#fabebe", "#008080", "#e6beff", "#9a6324", "#fffac8", "#800000", "#aaffc3"];
+function colour(i) { return i < PALETTE.length ? PALETTE[i] : `hsl(${(i * 137.508) % 360}, 70%, 60%)`; }
 async function loadMap() {
   if (!gallery()) return;
   try {
