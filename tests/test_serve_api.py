@@ -345,3 +345,28 @@ def test_rate_limit_answers_429_with_retry_after(served):
     lim.check("b")
     now[0] = 0.5
     lim.check("a")
+
+
+def test_enrol_conflicts_are_409_and_leave_nothing_behind(served, tmp_path):
+    from siamsearch.gallery.store import FolderLock
+
+    c, index = served["client"], served["index"]
+    with Gallery.open(index) as g:
+        src = g.source_dir
+    before = sorted(p.relative_to(src).as_posix() for p in src.rglob("*"))
+    with FolderLock(index):  # an `index update` of this gallery is running
+        r = c.post(f"{API}/galleries/people/images", data={"identity": "zed"}, files=[("files", _file(png_bytes(6)))])
+    _assert_error(r, 409, "gallery_busy")
+    assert sorted(p.relative_to(src).as_posix() for p in src.rglob("*")) == before  # no file, no folder left
+    assert c.get("/readyz").json()["galleries"] == {"people": 12}
+    # a gallery without identities (--labels none) has nothing to enrol into
+    flat = tmp_path / "flat_images"
+    flat.mkdir()
+    for i in range(3):
+        (flat / f"{i}.png").write_bytes(png_bytes(60 + i))
+    Gallery.build(flat, served["cfg"].model, out=tmp_path / "index" / "flat", workers=0, progress=False).close()
+    c2 = TestClient(create_app(ServeConfig(model=served["cfg"].model, indexes=(str(tmp_path / "index" / "flat"),))))
+    _assert_error(c2.post(f"{API}/galleries/flat/images", data={"identity": "zed"},
+                          files=[("files", _file(png_bytes(6)))]), 409, "no_identities")
+    js = c2.post(f"{API}/galleries/flat/search", files={"image": _file(png_bytes(60))}, data={"k": "2"}).json()
+    assert js["neighbors"][0]["path"] == "0.png" and js["neighbors"][0]["label"] is None and js["prediction"] is None

@@ -126,12 +126,12 @@ class GalleryHandle:
         self.folder = Path(folder)
         self.name = gallery_name(folder)
         self.model = model
+        Gallery.open(self.folder, model=model).close()  # refuse a foreign or damaged gallery before anything
         self._swap = threading.Lock()
-        self._write = _WriteLock(self.folder) if self.folder.is_dir() else None
+        self._write = _WriteLock(self.folder)
         self._gallery: Optional[Gallery] = None
         self._stamp: Optional[tuple] = None
         self._positions: "weakref.WeakKeyDictionary[Gallery, dict]" = weakref.WeakKeyDictionary()
-        Gallery.open(self.folder, model=model).close()  # refuse a foreign or damaged gallery before anything
         self.recover()
 
     # ---- readers
@@ -251,11 +251,6 @@ class GalleryHandle:
 
     # ---- writers
 
-    def _locked(self) -> _WriteLock:
-        if self._write is None:
-            raise ApiError(503, "gallery_unavailable", f"gallery folder {self.folder} is gone")
-        return self._write
-
     def enrol(self, identity: str, uploads: Sequence[Upload]) -> list[dict]:
         """Store ``uploads`` under ``IMAGE_DIR/identity/`` and update the gallery; returns the new images
         (``id``, ``path`` relative to the image folder, ``identity``), searchable on return.
@@ -264,7 +259,7 @@ class GalleryHandle:
             ApiError: 400 bad identity, 409 gallery without identities or busy with another update.
         """
         identity = check_identity(identity)
-        with self._locked():
+        with self._write:
             g = self.current()
             if g.attrs.get("label_mode") != "from-folder":
                 raise ApiError(409, "no_identities", f"gallery {self.name!r} was built with --labels none, so it has "
@@ -293,7 +288,7 @@ class GalleryHandle:
 
     def remove_image(self, ident: str) -> dict:
         """Delete one image's file and update the gallery. Raises ApiError 404 for an unknown id."""
-        with self._locked():
+        with self._write:
             path, rel = self.image_path(ident)
             self._run({"op": "remove", "moves": [], "deletes": [str(path)]})
         return {"removed": [{"id": ident, "path": rel}]}
@@ -301,7 +296,7 @@ class GalleryHandle:
     def remove_identity(self, identity: str) -> dict:
         """Delete every image of ``identity`` and update the gallery. Raises ApiError 404 when it has none."""
         identity = check_identity(identity)
-        with self._locked():
+        with self._write:
             g = self.current()
             names = g.label_names
             code = names.index(identity) if identity in names else -2
@@ -328,8 +323,7 @@ class GalleryHandle:
             raise
         _crash_point("committed")
         (self.folder / JOURNAL_NAME).unlink(missing_ok=True)
-        if journal.get("staging"):
-            shutil.rmtree(journal["staging"], ignore_errors=True)
+        _drop_staging(journal)
         self._reload()
 
     def recover(self) -> Optional[str]:
@@ -339,7 +333,7 @@ class GalleryHandle:
             ``"replayed"`` when a journal was finished, ``"cleaned"`` when only staging files were
             removed, else ``None``.
         """
-        with self._locked():
+        with self._write:
             done = None
             path = self.folder / JOURNAL_NAME
             if path.exists():
@@ -385,5 +379,18 @@ def _undo(journal: dict) -> None:
             os.unlink(final)
         except FileNotFoundError:
             pass
-    if journal.get("staging"):
-        shutil.rmtree(journal["staging"], ignore_errors=True)
+        try:
+            os.rmdir(os.path.dirname(final))  # a new identity's folder, when it is now empty
+        except OSError:
+            pass
+    _drop_staging(journal)
+
+
+def _drop_staging(journal: dict) -> None:
+    staging = journal.get("staging")
+    if staging:
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            os.rmdir(os.path.dirname(staging))  # the hidden staging root, when no other enrolment uses it
+        except OSError:
+            pass
