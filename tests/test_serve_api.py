@@ -141,7 +141,7 @@ def test_search_matches_gallery_search_and_k_limits(served):
     np.testing.assert_allclose([n["distance"] for n in js["neighbors"]], want.distances[0], atol=1e-5)
     top = js["neighbors"][0]
     assert top["path"] == rel and top["label"] == names[label] and top["distance"] < 1e-5 and top["rank"] == 1
-    assert js["prediction"] == names[label] and js["open_set"] is False
+    assert js["prediction"] == names[label] and js["open_set"] is False and js["query"] == "q.png"
     for k in ("0", "101", "-3", "five"):
         _assert_error(c.post(f"{API}/galleries/people/search", files={"image": _file(data)}, data={"k": k}), 422)
     _assert_error(c.post(f"{API}/galleries/nobody/search", files={"image": _file(data)}), 404, "gallery_not_found")
@@ -370,3 +370,18 @@ def test_enrol_conflicts_are_409_and_leave_nothing_behind(served, tmp_path):
                           files=[("files", _file(png_bytes(6)))]), 409, "no_identities")
     js = c2.post(f"{API}/galleries/flat/search", files={"image": _file(png_bytes(60))}, data={"k": "2"}).json()
     assert js["neighbors"][0]["path"] == "0.png" and js["neighbors"][0]["label"] is None and js["prediction"] is None
+
+
+def test_cli_refuses_bad_setups_cleanly(served, tmp_path):
+    from click.testing import CliRunner
+
+    from siamsearch.cli import main
+
+    base = ["serve", "--model", served["cfg"].model, "--index", str(served["index"])]
+    r = CliRunner().invoke(main, [*base, "--host", "0.0.0.0"])
+    assert r.exit_code == 2 and "--api-keys" in r.output and "Traceback" not in r.output
+    other = calibrated_model(tmp_path / "other.pt", seed=3)
+    r = CliRunner().invoke(main, ["serve", "--model", str(other), "--index", str(served["index"])])
+    assert r.exit_code == 2 and "was built with model" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["serve", "--help"])
+    assert r.exit_code == 0 and "--max-upload-mb" in r.output and "--api-keys" in r.output

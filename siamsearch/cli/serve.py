@@ -5,6 +5,8 @@ import os
 
 import click
 
+from .precision import precision_option
+
 
 @click.command(context_settings={"show_default": True})
 @click.option("--model", "model", required=True, type=click.Path(exists=True, dir_okay=False),
@@ -28,6 +30,7 @@ import click
               help="Requests per second per client (API key, or address without keys), bursts of twice that; "
                    "over it 429 with Retry-After. 0 = no limit.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@precision_option
 def serve(model, indexes, host, port, api_keys, max_upload_mb, max_pixels, workers, inference_threads, queue,
           rate_limit, device):
     """Serve galleries over HTTP: verify, search, enrol, remove; a web page at / and API docs at /docs.
@@ -69,6 +72,7 @@ def serve(model, indexes, host, port, api_keys, max_upload_mb, max_pixels, worke
         names = ", ".join(f"{h.name} ({len(h.current())} images)" for h in svc.galleries.values())
         fp = svc.model.fingerprint
         os.environ[CONFIG_ENV] = cfg.to_env()
+        os.environ["SIAMSEARCH_PRECISION"] = svc.model.precision  # the workers load the model afresh
         app = "siamsearch.serve.app:app_from_env"
     url = f"http://{host if ':' not in host else '[' + host + ']'}:{port}"
     click.echo(f"model {fp}; galleries: {names}")

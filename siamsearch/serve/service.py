@@ -67,6 +67,7 @@ class Service:
         return {
             "siamsearch_version": __version__,
             "model": {"fingerprint": m.fingerprint, "path": os.path.basename(m.path or ""), "embedding_dim": m.dim,
+                      "precision": getattr(m, "precision", "fp32"),
                       "config": m.config.to_dict() if hasattr(m.config, "to_dict") else None},
             "calibration": self.calibration_summary(),
             "galleries": [h.summary() for h in self.galleries.values()],
@@ -120,7 +121,7 @@ class Service:
             nbrs.append(Neighbor(rank=r + 1, path=rel, label=res.labels[0][r], distance=float(res.distances[0, r])))
             out.append({"rank": r + 1, "id": image_id(rel), "label": res.labels[0][r],
                         "distance": float(res.distances[0, r]), "path": rel})
-        return {"gallery": h.name, "k": int(k), "prediction": predict(nbrs, threshold if open_set else None),
+        return {"gallery": h.name, "query": query.name, "k": int(k), "prediction": predict(nbrs, threshold if open_set else None),
                 "open_set": bool(open_set), "threshold": threshold, "threshold_source": source, "neighbors": out}
 
     def enrol(self, name: str, identity: str, uploads: list) -> dict:
