@@ -5,12 +5,12 @@ import os
 
 import click
 
+from .options import checkpoint_option, device_option
 from .precision import precision_option
 
 
 @click.command(context_settings={"show_default": True})
-@click.option("--model", "model", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Checkpoint that built every served gallery (its calibration gives the threshold).")
+@checkpoint_option(help="Checkpoint that built every served gallery (its calibration gives the threshold).")
 @click.option("--index", "indexes", required=True, multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Gallery folder to serve (repeatable); the API names it by its folder's name.")
 @click.option("--host", default="127.0.0.1", help="Address to listen on; other than loopback needs --api-keys.")
@@ -29,7 +29,7 @@ from .precision import precision_option
 @click.option("--rate-limit", type=click.FloatRange(0), default=0.0,
               help="Requests per second per client (API key, or address without keys), bursts of twice that; "
                    "over it 429 with Retry-After. 0 = no limit.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@device_option
 @precision_option
 def serve(model, indexes, host, port, api_keys, max_upload_mb, max_pixels, workers, inference_threads, queue,
           rate_limit, device):
