@@ -309,10 +309,11 @@ def test_metrics_docs_page_and_map(served):
     for stage in ("decode", "embed", "search"):
         assert f'siamsearch_stage_seconds_count{{stage="{stage}"}}' in text
     assert 'siamsearch_gallery_images{gallery="people"} 12.0' in text
-    docs = c.get("/docs").text
-    assert "/docs-assets/swagger-ui-bundle.js" in docs and "cdn" not in docs.lower()
-    assert c.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
-    assert c.get("/docs-assets/swagger-ui.css").status_code == 200
+    for page in ("/docs", "/redoc"):
+        html = c.get(page).text
+        assert "/docs-assets/" in html and "cdn" not in html.lower() and "https://" not in html
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png"):
+        assert c.get(f"/docs-assets/{asset}").status_code == 200
     spec = c.get("/openapi.json").json()
     assert {f"{API}/verify", f"{API}/galleries/{{name}}/search", f"{API}/galleries/{{name}}/images"} <= set(spec["paths"])
     page = c.get("/").text

@@ -37,7 +37,8 @@ def browser():
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-extensions", "--disable-sync",
-                 "--no-first-run", "--window-size=1280,1000"):
+                 "--no-first-run", "--window-size=1280,1000",
+                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"):  # a test-pattern webcam
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=DriverService(executable_path=DRIVER), options=opts)
     try:
@@ -103,8 +104,21 @@ def test_page_verifies_searches_and_enrols(tmp_path, browser):
         d.find_element(By.ID, "file-q").send_keys(str(new))
         d.find_element(By.ID, "search-btn").click()
         _wait(d, lambda d: "newcomer" in d.find_element(By.ID, "prediction").text, "the new identity found")
+        # the webcam as an image source: Chromium's fake camera, one frame captured into the query slot
+        d.find_element(By.CSS_SELECTOR, '#drop-q .cam').click()
+        _wait(d, lambda d: d.execute_script("return document.getElementById('camera-video').videoWidth") > 0,
+              "the camera stream")
+        d.find_element(By.ID, "camera-snap").click()
+        _wait(d, lambda d: "has" in d.find_element(By.ID, "drop-q").get_attribute("class")
+              and "blob:" in d.find_element(By.CSS_SELECTOR, "#drop-q img").get_attribute("src"), "the captured frame")
+        d.find_element(By.ID, "search-btn").click()
+        _wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".neighbor")) == 4, "results for the webcam frame")
         # the map draws the gallery's points
         d.find_element(By.CSS_SELECTOR, '.tab[data-tab="map"]').click()
         _wait(d, lambda d: "13 of 13 images" in d.find_element(By.ID, "map-legend").text, "the embedding map")
         errors = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors  # no failed request, no script error
+        # the API docs render offline (Swagger UI from the package's own files)
+        d.get(url + "/docs")
+        _wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .opblock"), "Swagger UI's operations")
+        assert "/api/v1/galleries/{name}/search" in d.page_source

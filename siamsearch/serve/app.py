@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import time
 from importlib import resources
+from pathlib import Path
 from typing import Optional, Union
 
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -151,13 +152,15 @@ def _install_errors(app: FastAPI) -> None:
 
 def _install_pages(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
-    try:
-        import swagger_ui_bundle
+    try:  # Swagger UI 5 and ReDoc as files of the fastapi-offline package: /docs works without internet
+        import fastapi_offline
 
-        app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
-        have_swagger = True
+        assets = Path(fastapi_offline.__file__).parent / "static"
+        have_swagger = (assets / "swagger-ui-bundle.js").is_file()
     except ImportError:
         have_swagger = False
+    if have_swagger:
+        app.mount("/docs-assets", StaticFiles(directory=str(assets)), name="docs-assets")
 
     @app.get("/", include_in_schema=False)
     async def page():
@@ -166,12 +169,20 @@ def _install_pages(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     async def docs():
         if not have_swagger:
-            raise ApiError(503, "docs_unavailable", "install swagger-ui-bundle (pip install 'siamsearch[serve]') "
+            raise ApiError(503, "docs_unavailable", "install fastapi-offline (pip install 'siamsearch[serve]') "
                                                     "for offline docs; /openapi.json works without it")
         return get_swagger_ui_html(openapi_url="/openapi.json", title="siamsearch API",
                                    swagger_js_url="/docs-assets/swagger-ui-bundle.js",
                                    swagger_css_url="/docs-assets/swagger-ui.css",
-                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+                                   swagger_favicon_url="/docs-assets/favicon.png")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc():
+        if not have_swagger:
+            raise ApiError(503, "docs_unavailable", "install fastapi-offline (pip install 'siamsearch[serve]')")
+        return get_redoc_html(openapi_url="/openapi.json", title="siamsearch API",
+                              redoc_js_url="/docs-assets/redoc.standalone.js",
+                              redoc_favicon_url="/docs-assets/favicon.png", with_google_fonts=False)
 
     @app.get("/healthz", tags=["health"], summary="Liveness")
     async def healthz():
