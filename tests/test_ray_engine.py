@@ -158,21 +158,31 @@ def test_unreachable_address_is_a_clear_error(setup, tmp_path):
 
 @pytest.mark.slow
 def test_worker_killed_mid_build_shard_is_retried_not_half_written(cluster, setup, tmp_path):
-    from ray.util.state import list_actors
-
     root, src, model = setup
     out = tmp_path / "g"
     killed = []
 
+    def actor_pids() -> list:
+        """Ray names an actor's process after its class (``ray::MapWorker(...EmbedActor)``)."""
+        pids = []
+        for d in Path("/proc").iterdir():
+            try:
+                if d.name.isdigit() and b"EmbedActor" in (d / "cmdline").read_bytes():
+                    pids.append(int(d.name))
+            except OSError:
+                continue
+        return pids
+
     def killer():
         deadline = time.time() + 120
         while time.time() < deadline and not killed:
-            for a in list_actors(filters=[("state", "=", "ALIVE")]):
-                if "MapWorker" in a.class_name and a.pid:
-                    os.kill(a.pid, 9)
-                    killed.append(a.pid)
-                    return
-            time.sleep(0.5)
+            journal = out / ".pending" / "run.json"
+            started = journal.exists() and json.loads(journal.read_text() or "{}").get("committed")
+            for pid in actor_pids() if started else []:
+                os.kill(pid, 9)  # mid-build: one shard is written, the others are in flight
+                killed.append(pid)
+                return
+            time.sleep(0.2)
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()
