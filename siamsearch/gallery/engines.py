@@ -208,14 +208,19 @@ class EmbedActor:
                 "sha": batch["sha"], "embedding": emb, "node": np.asarray([self.node] * len(ok), dtype=object)}
 
 
-def _actor_resources(ray) -> tuple[int, dict]:
-    """(actors, resources per actor): one per GPU when the cluster has GPUs, else half the CPUs (>= 1)."""
+def _actor_resources(ray) -> tuple[int, dict, int]:
+    """(actors, resources per actor, torch threads per actor).
+
+    With GPUs: one actor per GPU. On CPUs only: one actor per two CPUs, each reserving one CPU
+    (the other is left to the decode tasks) but running two threads, as the local engine's model
+    shares the cores with its decoding workers.
+    """
     res = ray.cluster_resources()
     gpus = int(res.get("GPU", 0))
     if gpus:
-        return gpus, {"num_gpus": 1, "num_cpus": 1}
+        return gpus, {"num_gpus": 1, "num_cpus": 1}, 1
     cpus = int(res.get("CPU", 1))
-    return max(1, cpus // 2), {"num_cpus": 1}
+    return max(1, cpus // 2), {"num_cpus": 1}, 2
 
 
 def run_ray(tasks: list, source: Path, embedder, batch_size: int, progress: bool) -> Iterator[ShardResult]:
@@ -234,7 +239,7 @@ def run_ray(tasks: list, source: Path, embedder, batch_size: int, progress: bool
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # rows come back in task order: one shard pending at a time
     ctx.enable_progress_bars = bool(progress)
-    actors, resources = _actor_resources(ray)
+    actors, resources, threads = _actor_resources(ray)
     blocks = max(1, min(len(items) // max(batch_size, 1), 4 * max(1, int(ray.cluster_resources().get("CPU", 1)))))
     ds = ray.data.from_items(items, override_num_blocks=blocks)
     ds = ds.map_batches(_decode_batch, fn_kwargs={"config_json": embedder.config.to_json()},
@@ -242,7 +247,7 @@ def run_ray(tasks: list, source: Path, embedder, batch_size: int, progress: bool
     device = "cuda" if resources.get("num_gpus") else "cpu"
     ds = ds.map_batches(EmbedActor, fn_constructor_kwargs={
         "model_path": os.path.abspath(embedder.path), "fingerprint": embedder.fingerprint, "device": device,
-        "threads": resources["num_cpus"],
+        "threads": threads,
         "precision": getattr(embedder, "precision", "fp32") if device == "cpu" else "auto"}, batch_size=batch_size, batch_format="numpy", concurrency=actors,
         **resources)
     yield from _collect(ds, tasks, batch_size)
