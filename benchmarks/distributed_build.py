@@ -50,10 +50,10 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
 
 
-def current_rss_mb() -> float:
-    """Resident memory now (VmRSS), MB."""
+def current_rss_mb(field: str = "VmRSS:") -> float:
+    """Resident memory now (``VmRSS``, or another /proc/self/status field such as ``RssAnon``), MB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field):
             return round(int(line.split()[1]) / 1024.0, 1)
     return 0.0
 
@@ -150,15 +150,30 @@ def step_merge(work: str, parts: list) -> dict:
 
     from siamsearch.gallery import ondisk
 
+    import threading
+
     work = Path(work)
     before = current_rss_mb()  # the interpreter, numpy, faiss, pyarrow: not the merge's doing
+    anon_before = current_rss_mb("RssAnon:")
+    peak_anon, done = [anon_before], threading.Event()
+
+    def sample() -> None:  # heap (anonymous) memory; the rest of RSS is mmapped files the kernel can evict
+        while not done.is_set():
+            peak_anon[0] = max(peak_anon[0], current_rss_mb("RssAnon:"))
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     t0 = time.perf_counter()
     merged = ondisk.merge(work / ondisk.TRAINED_NAME, [Path(p) for p in parts], work / "faiss.merged.ivfdata")
     faiss.write_index(merged, str(work / "faiss.index"))
     seconds = time.perf_counter() - t0
+    done.set()
+    sampler.join()
     size = ondisk.index_size_bytes(work / "faiss.index", work / "faiss.merged.ivfdata")
     return {"merge_seconds": round(seconds, 2), "merge_peak_rss_mb": round(peak_rss_mb() - before, 1),
             "process_peak_rss_mb": peak_rss_mb(), "rss_before_merge_mb": before,
+            "merge_peak_anon_mb": round(peak_anon[0] - anon_before, 1),
             "index_mb": round(size / 2**20, 1), "ntotal": int(merged.ntotal)}
 
 
@@ -261,7 +276,8 @@ def main() -> None:
                "title": "Distributed build: Ray vs local, on-disk merge", "summary": summary, **summary,
                "images": n_img, "vectors": n_vec, "workers": args.workers,
                "driver_peak_rss_mb_half_gallery": ray_half["peak_rss_mb"], "local_peak_rss_mb": local["peak_rss_mb"],
-               "merge_rss_vs_index": merge_ratio, "prepare": prep, "merge_factory": prep["factory"],
+               "merge_rss_vs_index": merge_ratio, "merge_peak_anon_mb": merge["merge_peak_anon_mb"],
+               "merge_process_peak_rss_mb": merge["process_peak_rss_mb"], "prepare": prep, "merge_factory": prep["factory"],
                "per_core_ips": per_core, "assumed_gpu_ips": ASSUMED_GPU_IPS,
                "load_average": os.getloadavg(), "targets": {"ray_vs_local": TARGET_RATIO, "merge_rss_vs_index":
                                                             TARGET_MERGE},
