@@ -5,10 +5,8 @@ import time
 
 import numpy as np
 import pytest
-from torch.utils.data import DataLoader
 
-from datagen import make_folders
-from siamsearch.data import MPerClassBatchSampler, PairDataset, collate_skip_none, open_dataset, sample_pairs, split_by_identity
+from siamsearch.data import MPerClassBatchSampler, sample_pairs, split_by_identity
 from siamsearch.core.errors import SiamsearchError
 
 
@@ -98,23 +96,6 @@ def test_sample_pairs_fast_on_100k():
     assert np.array_equal(same, y[a] == y[b]) and not np.any(a == b)
 
 
-def test_pair_dataset_epochs(tmp_path):
-    ds = open_dataset(make_folders(tmp_path / "ds", {"a": 3, "b": 3, "c": 2}, size=6))
-    pairs = PairDataset(ds.with_transform(lambda im: np.asarray(im, dtype=np.float32)), n_pairs=10, seed=5)
-    assert len(pairs) == 10
-    e0 = (pairs.idx_a.copy(), pairs.idx_b.copy())
-    xa, xb, same = pairs[0]
-    assert xa.shape == (6, 6) and isinstance(same, bool)
-    assert same == (ds.identities[pairs.idx_a[0]] == ds.identities[pairs.idx_b[0]])
-    pairs.set_epoch(1)
-    assert not (np.array_equal(e0[0], pairs.idx_a) and np.array_equal(e0[1], pairs.idx_b))
-    pairs.set_epoch(0)
-    assert np.array_equal(e0[0], pairs.idx_a)
-    batch = next(iter(DataLoader(pairs, batch_size=10, collate_fn=collate_skip_none)))
-    assert batch[0].shape == (10, 6, 6) and batch[2].dtype.is_floating_point is False
-
-
-# ----------------------------------------------------------------- M-per-class
 def test_m_per_class_batches():
     y = np.concatenate([np.repeat(np.arange(10), 8), np.repeat([10, 11], 3), [12]])  # 12: single, dropped
     s = MPerClassBatchSampler(y, m=4, batch_size=16, seed=0)

@@ -13,19 +13,46 @@ def unit(*xy):
 
 
 def test_contrastive_by_hand():
-    a = unit((1, 0), (1, 0), (0, 1))
-    b = unit((0, 1), (0, 1), (0, 1))  # distances sqrt2, sqrt2, 0
-    is_same = torch.tensor([True, False, False])
-    loss = ContrastiveLoss(margin=1.5)(a, b, is_same)
-    # same pair at d=sqrt2 -> 2; different at sqrt2 -> max(0, 1.5-1.4142)^2; different at 0 -> 1.5^2
-    expected = (2.0 + (1.5 - math.sqrt(2)) ** 2 + 1.5**2) / 3
+    """Pairs formed inside the batch; genuine and impostor means weighted equally."""
+    e = unit((1, 0), (0, 1), (0, 1))  # distances: d01 = sqrt2, d02 = sqrt2, d12 = 0
+    ids = torch.tensor([5, 5, 7])
+    loss = ContrastiveLoss(margin=1.5)(e, ids)
+    # genuine: (0,1) at sqrt2 -> 2; impostor: (0,2) at sqrt2 -> (1.5-sqrt2)^2, (1,2) at 0 -> 1.5^2
+    expected = 0.5 * 2.0 + 0.5 * ((1.5 - math.sqrt(2)) ** 2 + 1.5**2) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_contrastive_rejects_int_flags():
-    a = unit((1, 0))
-    with pytest.raises(ValueError):
-        ContrastiveLoss()(a, a, torch.tensor([1]))
+def test_contrastive_in_batch_against_loops():
+    """Every i < j pair of a random batch, enumerated with plain loops."""
+    torch.manual_seed(1)
+    e = F.normalize(torch.randn(9, 4), dim=1)
+    ids = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 3])
+    m = 0.8
+    gen, imp = [], []
+    for i in range(9):
+        for j in range(i + 1, 9):
+            d = float(torch.linalg.vector_norm(e[i] - e[j]))
+            (gen if ids[i] == ids[j] else imp).append(d * d if ids[i] == ids[j] else max(0.0, m - d) ** 2)
+    expected = 0.5 * sum(gen) / len(gen) + 0.5 * sum(imp) / len(imp)
+    assert ContrastiveLoss(margin=m)(e, ids).item() == pytest.approx(expected, rel=1e-4)
+    # one kind only: its own mean; a single sample: zero with the graph kept
+    assert ContrastiveLoss(margin=m)(e[:3], ids[:3]).item() == pytest.approx(
+        float(torch.pdist(e[:3]).pow(2).mean()), rel=1e-4)
+    x = e[:1].clone().requires_grad_()
+    z = ContrastiveLoss()(x, ids[:1])
+    assert z.item() == 0.0
+    z.backward()
+
+
+def test_every_loss_takes_embeddings_and_identities():
+    e = F.normalize(torch.randn(6, 4), dim=1)
+    ids = torch.tensor([0, 0, 1, 1, 2, 2])
+    for name in ("contrastive", "triplet", "arcface"):
+        loss_fn = make_loss(name, 3, 4)
+        assert not hasattr(loss_fn, "pairwise")
+        assert loss_fn(e, ids).ndim == 0
+        with pytest.raises(ValueError):
+            loss_fn(e, ids[:5])
 
 
 def test_batch_hard_triplet_by_hand():
@@ -118,13 +145,9 @@ def test_learning_direction(name, mining):
         return d[same & off].mean().item(), d[~same].mean().item()
 
     pos0, neg0 = gap()
-    ia, ib = torch.where(off)
     for _ in range(100):
         e = F.normalize(net(x), dim=1)
-        if name == "contrastive":
-            loss = loss_fn(e[ia], e[ib], ids[ia] == ids[ib])
-        else:
-            loss = loss_fn(e, ids)
+        loss = loss_fn(e, ids)
         opt.zero_grad()
         loss.backward()
         opt.step()

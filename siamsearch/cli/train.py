@@ -18,7 +18,7 @@ from .options import (batch_size_option, device_option, format_option, json_opti
 @format_option
 @split_option("Dataset split where the format has one (IDX: train|test|all; CelebA: train|valid|test|all).")
 @click.option("--loss", type=click.Choice(LOSSES), default="triplet",
-              help="contrastive: balanced pairs; triplet: M-per-class batches, see --mining; arcface: margin softmax.")
+              help="contrastive: every pair of the batch; triplet: see --mining; arcface: margin softmax over identities.")
 @click.option("--backbone", type=click.Choice(BACKBONES), default="smallcnn", help="Network body; smallcnn is fast on CPU.")
 @click.option("--weights", default=None, help="Backbone init for torchvision backbones: a local state dict file, or 'imagenet' (downloads).")
 @click.option("--input-size", type=click.IntRange(8, 1024), default=None, help="Square input size in pixels [default: 32 for small images, else 64].")
@@ -32,7 +32,7 @@ from .options import (batch_size_option, device_option, format_option, json_opti
 @click.option("--augment/--no-augment", default=True, help="Small random affine augmentation while training.")
 @click.option("--epochs", type=click.IntRange(1), default=10)
 @batch_size_option(minimum=2, help="Images per training batch.")
-@click.option("--m-per-class", type=click.IntRange(2), default=4, help="Images per identity in a batch (triplet, arcface).")
+@click.option("--m-per-class", type=click.IntRange(2), default=4, help="Images per identity in a batch.")
 @click.option("--steps-per-epoch", type=click.IntRange(1), default=None, help="Batches per epoch [default: one pass over the images].")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, help="AdamW learning rate (cosine schedule).")
 @click.option("--margin", type=float, default=None, help="Loss margin [default: contrastive 1.0, triplet 0.2, arcface 0.3 rad].")

@@ -9,11 +9,10 @@ from __future__ import annotations
 from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Sampler
 
 from ..core.distance import is_same_pairs
 from ..core.errors import SiamsearchError
-from .base import ImageDataset
 
 Labels = Union[Sequence[int], np.ndarray]
 
@@ -100,48 +99,6 @@ def sample_pairs(identities: Labels, n_pairs: int, seed: int,
     perm = rng.permutation(len(a))
     a, b = a[perm], b[perm]
     return a, b, np.asarray(is_same_pairs(g.ids[a], g.ids[b]), dtype=bool)
-
-
-class PairDataset(Dataset):
-    """Pairs for contrastive training: ``pairs[k] -> (image_a, image_b, is_same: bool)``.
-
-    Pairs come from :func:`sample_pairs` with seed ``(seed, epoch)``; call
-    :meth:`set_epoch` before each epoch for fresh pairs. DataLoader workers see
-    the new epoch when they are started per epoch (``persistent_workers=False``,
-    the default). An unreadable image makes the item ``None`` (use
-    :func:`siamsearch.data.collate_skip_none`).
-
-    Args:
-        dataset: the images (with its transform set via ``with_transform``).
-        n_pairs: pairs per epoch; default ``len(dataset)``.
-        seed: base seed.
-        positive_fraction: share of genuine pairs.
-    """
-
-    def __init__(self, dataset: ImageDataset, n_pairs: Optional[int] = None, seed: int = 0,
-                 positive_fraction: float = 0.5):
-        self.dataset = dataset
-        self.n_pairs = len(dataset) if n_pairs is None else int(n_pairs)
-        self.seed = int(seed)
-        self.positive_fraction = float(positive_fraction)
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Draw this epoch's pairs (deterministic in ``(seed, epoch)``)."""
-        self.epoch = int(epoch)
-        self.idx_a, self.idx_b, self.is_same = sample_pairs(
-            self.dataset.identities, self.n_pairs, seed=_epoch_seed(self.seed, self.epoch),
-            positive_fraction=self.positive_fraction)
-
-    def __len__(self) -> int:
-        return len(self.idx_a)
-
-    def __getitem__(self, k: int):
-        item_a = self.dataset[int(self.idx_a[k])]
-        item_b = self.dataset[int(self.idx_b[k])]
-        if item_a is None or item_b is None:
-            return None
-        return item_a[0], item_b[0], bool(self.is_same[k])
 
 
 def _epoch_seed(seed: int, epoch: int) -> np.random.SeedSequence:

@@ -3,7 +3,10 @@
 Pair relations come from identities through :mod:`siamsearch.core.distance`; the
 only pair flag is the boolean ``is_same``.
 
-- :class:`ContrastiveLoss` — pairs: ``L = is_same·d² + (1−is_same)·max(0, margin−d)²``.
+Every loss has the one interface ``loss(embeddings [B, d], identities [B]) -> scalar``
+(as pytorch-metric-learning's losses), so the trainer feeds them all the same batches.
+
+- :class:`ContrastiveLoss` — every pair of the batch: ``is_same·d² + (1−is_same)·max(0, margin−d)²``.
 - :class:`TripletLoss` — batches with identities: the hardest positive and
   negative per anchor (batch-hard, the default) or every active triplet
   (batch-all).
@@ -18,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.distance import distance_matrix, is_same_matrix, pair_distances
+from ..core.distance import distance_matrix, is_same_matrix
 from ..core.errors import SiamsearchError
 from ..core.choices import LOSSES, MINING  # noqa: F401  (defined once there, torch-free)
 
@@ -37,28 +40,36 @@ def _check_distance_margin(loss: str, margin: float) -> None:
 
 
 class ContrastiveLoss(nn.Module):
-    """Contrastive loss on pairs (Hadsell et al. 2006), averaged over pairs.
+    """Contrastive loss (Hadsell et al. 2006) over every pair inside a batch.
 
-    ``forward(emb_a [P, d], emb_b [P, d], is_same [P] bool) -> scalar``.
-    Same-identity pairs are pulled together (``d²``); different-identity pairs
-    are pushed until at least ``margin`` apart (``max(0, margin − d)²``).
+    ``forward(embeddings [B, d], identities [B] int) -> scalar``. The pairs are
+    all ``i < j`` of the batch; ``is_same`` comes from the identities
+    (:func:`siamsearch.core.distance.is_same_matrix`): genuine pairs are pulled
+    together (``d²``), impostor pairs pushed until at least ``margin`` apart
+    (``max(0, margin − d)²``). The two kinds are averaged separately and
+    weighted equally, ``L = ½·mean_genuine d² + ½·mean_impostor max(0, m − d)²``,
+    so an M-per-class batch (few genuine, many impostor pairs) counts as a
+    balanced set of pairs; a batch with only one kind uses that kind's mean.
     """
-
-    pairwise = True
 
     def __init__(self, margin: float = 1.0):
         super().__init__()
         _check_distance_margin("contrastive", margin)
         self.margin = margin
 
-    def forward(self, emb_a: torch.Tensor, emb_b: torch.Tensor, is_same: torch.Tensor) -> torch.Tensor:
-        if emb_a.shape != emb_b.shape or emb_a.ndim != 2:
-            raise ValueError(f"emb_a and emb_b must both be [P, d]; got {tuple(emb_a.shape)} and {tuple(emb_b.shape)}")
-        if is_same.dtype != torch.bool or is_same.shape != (emb_a.shape[0],):
-            raise ValueError("is_same must be a bool tensor of shape [P]")
-        d = pair_distances(emb_a, emb_b)
-        same = is_same.float()
-        return (same * d.pow(2) + (1.0 - same) * F.relu(self.margin - d).pow(2)).mean()
+    def forward(self, embeddings: torch.Tensor, identities: torch.Tensor) -> torch.Tensor:
+        _check_batch(embeddings, identities)
+        d = distance_matrix(embeddings)
+        is_same = is_same_matrix(identities)
+        upper = torch.ones_like(is_same).triu(diagonal=1)  # each unordered pair once, no self-pairs
+        terms = []
+        if (is_same & upper).any():
+            terms.append(d[is_same & upper].pow(2).mean())
+        if (~is_same & upper).any():
+            terms.append(F.relu(self.margin - d[~is_same & upper]).pow(2).mean())
+        if not terms:
+            return embeddings.sum() * 0.0  # a batch of one: no pair, graph kept
+        return sum(terms) / len(terms)
 
 
 def check_mining(mining: str) -> None:
@@ -88,7 +99,6 @@ class TripletLoss(nn.Module):
     the graph kept) when the batch has no active triplet.
     """
 
-    pairwise = False
 
     def __init__(self, margin: float = 0.2, mining: str = "hard"):
         super().__init__()
@@ -130,7 +140,6 @@ class ArcFaceLoss(nn.Module):
     cross-entropy on ``s·cos(θ_j)`` with ``cos(θ_y + m)`` for the true class.
     """
 
-    pairwise = False
 
     def __init__(self, num_classes: int, embedding_dim: int, scale: float = 30.0, margin: float = 0.3):
         super().__init__()

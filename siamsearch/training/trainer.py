@@ -27,7 +27,7 @@ from ..core.checkpoint import load_checkpoint, save_checkpoint
 from ..core.config import ModelConfig
 from ..data import ImageDataset, guess_channels_and_size, open_dataset
 from ..data.base import collate_skip_none
-from ..data.samplers import MPerClassBatchSampler, PairDataset, sample_pairs
+from ..data.samplers import MPerClassBatchSampler, sample_pairs
 from ..data.splits import split_by_identity
 from ..core.distance import pair_distances
 from ..core.embedder import resolve_device
@@ -151,8 +151,9 @@ def train(
             :class:`ImageDataset`.
         out: checkpoint file to write (the best epoch by validation ROC-AUC).
         format, split: passed to :func:`siamsearch.data.open_dataset`.
-        loss: ``"contrastive"`` (balanced pairs), ``"triplet"`` (batch-all or batch-hard by ``mining``,
-            M-per-class batches) or ``"arcface"`` (margin softmax on identity ids).
+        loss: ``"contrastive"`` (every pair of the batch), ``"triplet"`` (batch-all or batch-hard by
+            ``mining``) or ``"arcface"`` (margin softmax on identity ids); all see the same M-per-class
+            batches through the one loss interface ``loss(embeddings, identities)``.
         backbone, input_size, in_channels, embedding_dim, embed_from, hflip: the
             :class:`ModelConfig` (``embed_from="backbone"``: embed with the
             backbone's features, the head serving the loss only); ``input_size``/``in_channels`` default to a
@@ -160,7 +161,7 @@ def train(
         weights: backbone init for torchvision backbones (local state dict path or "imagenet").
         epochs, batch_size, lr, weight_decay, margin: optimisation (AdamW, cosine
             schedule with one warm-up epoch); ``margin=None`` keeps the loss's default.
-        m_per_class: images per identity in each batch (triplet, arcface).
+        m_per_class: images per identity in each batch.
         mining: triplet mining, ``"hard"`` (batch-hard, default) or ``"all"``
             (batch-all; see :class:`siamsearch.training.losses.TripletLoss`).
         steps_per_epoch: batches per epoch (default: one pass over the training images).
@@ -190,7 +191,7 @@ def train(
     check_mining(mining)  # here too: the other losses ignore it, a typo still gets an error
     if epochs < 1 or batch_size < 2:
         raise SiamsearchError("epochs must be >= 1 and batch_size >= 2")
-    if loss != "contrastive" and (m_per_class < 2 or batch_size < 2 * m_per_class):
+    if m_per_class < 2 or batch_size < 2 * m_per_class:
         raise SiamsearchError(
             f"batch_size ({batch_size}) must hold at least two identities of m_per_class ({m_per_class}) images"
         )
@@ -240,17 +241,13 @@ def train(
 
     train_tf = build_transform(config, train=True, augment=augment)
     eval_tf = build_transform(config, train=False)
-    if loss == "contrastive":
-        pair_ds = PairDataset(train_ds.with_transform(train_tf), n_pairs=steps_per_epoch * batch_size if steps_per_epoch else len(train_ds), seed=seed)
-        steps = math.ceil(len(pair_ds) / batch_size)
-    else:
-        # few identities (e.g. 8 Fashion-MNIST classes): more images per identity, same batch size
-        usable = int((np.bincount(train_ds.identities) >= 2).sum())
-        per_batch = max(2, min(batch_size // m_per_class, usable))
-        m_eff = max(m_per_class, batch_size // per_batch)
-        sampler = MPerClassBatchSampler(train_ds.identities, m=m_eff, batch_size=per_batch * m_eff, seed=seed,
-                                        num_batches=steps_per_epoch)
-        steps = len(sampler)
+    # few identities (e.g. 8 Fashion-MNIST classes): more images per identity, same batch size
+    usable = int((np.bincount(train_ds.identities) >= 2).sum())
+    per_batch = max(2, min(batch_size // m_per_class, usable))
+    m_eff = max(m_per_class, batch_size // per_batch)
+    sampler = MPerClassBatchSampler(train_ds.identities, m=m_eff, batch_size=per_batch * m_eff, seed=seed,
+                                    num_batches=steps_per_epoch)
+    steps = len(sampler)
     total_steps = max(1, steps * epochs)
     budget_s = None if max_minutes is None else 60.0 * float(max_minutes)
     # "before": seconds spent by an interrupted run (resume); "reserve": the last validation's duration,
@@ -299,14 +296,9 @@ def train(
         t0 = time.time()
         _seed_everything(seed * 1000 + epoch)
         g = torch.Generator().manual_seed(seed * 1000 + epoch)
-        if loss == "contrastive":
-            pair_ds.set_epoch(epoch)
-            loader = DataLoader(pair_ds, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                collate_fn=collate_skip_none, generator=g, pin_memory=dev.type == "cuda")
-        else:
-            sampler.set_epoch(epoch)
-            loader = DataLoader(train_ds.with_transform(train_tf), batch_sampler=sampler, num_workers=workers,
-                                collate_fn=collate_skip_none, generator=g, pin_memory=dev.type == "cuda")
+        sampler.set_epoch(epoch)
+        loader = DataLoader(train_ds.with_transform(train_tf), batch_sampler=sampler, num_workers=workers,
+                            collate_fn=collate_skip_none, generator=g, pin_memory=dev.type == "cuda")
         net.train()
         criterion.train()
         losses = []
@@ -316,13 +308,8 @@ def train(
             if batch is None:
                 continue
             with torch.autocast("cuda", dtype=torch.float16, enabled=dev.type == "cuda"):
-                if loss == "contrastive":
-                    xa, xb, is_same = batch
-                    emb = net.project(torch.cat([xa, xb]).to(dev, non_blocking=True))
-                    value = criterion(emb[: len(xa)], emb[len(xa):], is_same.to(dev))
-                else:
-                    x, y = batch
-                    value = criterion(net.project(x.to(dev, non_blocking=True)), y.to(dev))
+                x, y = batch
+                value = criterion(net.project(x.to(dev, non_blocking=True)), y.to(dev))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(value).backward()
             scaler.step(optimizer)
