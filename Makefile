@@ -13,7 +13,7 @@ $(PY):
 
 $(STAMP): $(PY) setup.cfg pyproject.toml
 	$(PY) -m pip install -q $(TORCH) || $(PY) -m pip install -q torch torchvision
-	$(PY) -m pip install -q -e ".[test,demo,ray,serve]"
+	$(PY) -m pip install -q -e ".[test,demo,ray,serve,tensorboard]"
 	touch $(STAMP)
 
 venv: $(STAMP)

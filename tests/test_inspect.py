@@ -138,3 +138,15 @@ def test_preview_no_augment_and_triplets(planted, tmp_path, tiny_model):
                                     "--pairs", "3", "--out", str(tmp_path / "trim.png")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "trim.png").exists()
+
+
+def test_check_says_what_happens_to_non_square_images(tmp_path):
+    from PIL import Image
+
+    root = make_folders(tmp_path / "wide", {f"p{k}": 2 for k in range(3)})
+    Image.new("L", (40, 20), 128).save(root / "p0" / "wide.png")
+    r = check_dataset(root)
+    geometry = r["preprocessing"]["geometry"]
+    assert "1 non-square image" in geometry and "short side" in geometry and "aspect ratio kept" in geometry
+    assert "geometry: " in format_report(r)
+    assert "all images are square" in check_dataset(make_folders(tmp_path / "sq", {"a": 2, "b": 2}))["preprocessing"]["geometry"]

@@ -47,7 +47,7 @@ def test_contrastive_in_batch_against_loops():
 def test_every_loss_takes_embeddings_and_identities():
     e = F.normalize(torch.randn(6, 4), dim=1)
     ids = torch.tensor([0, 0, 1, 1, 2, 2])
-    for name in ("contrastive", "triplet", "arcface"):
+    for name in ("contrastive", "triplet", "arcface", "cosface"):
         loss_fn = make_loss(name, 3, 4)
         assert not hasattr(loss_fn, "pairwise")
         assert loss_fn(e, ids).ndim == 0
@@ -123,7 +123,7 @@ def test_unknown_loss_is_user_error():
 
 
 @pytest.mark.parametrize("name,mining", [("contrastive", "all"), ("triplet", "all"), ("triplet", "hard"),
-                                         ("arcface", "all")])
+                                         ("arcface", "all"), ("cosface", "all")])
 def test_learning_direction(name, mining):
     """A few optimiser steps on separable data shrink same-identity distances and grow different ones.
 
@@ -155,3 +155,19 @@ def test_learning_direction(name, mining):
     assert pos1 < pos0 * 0.8, (pos0, pos1)
     assert neg1 > neg0, (neg0, neg1)
     assert neg1 - pos1 > neg0 - pos0 + 0.1
+
+
+def test_cosface_by_hand():
+    from siamsearch.training.losses import CosFaceLoss
+
+    loss_fn = CosFaceLoss(num_classes=3, embedding_dim=2, scale=8.0, margin=0.25)
+    with torch.no_grad():
+        loss_fn.weight.copy_(unit((1, 0), (0, 1), (-1, 0)))
+    e = unit((0.8, 0.6), (0.6, -0.8))
+    ids = torch.tensor([1, 0])
+    # cosines: row 0 = (0.8, 0.6, -0.8), true class 1; row 1 = (0.6, -0.8, -0.6), true class 0
+    logits = 8.0 * torch.tensor([[0.8, 0.6 - 0.25, -0.8], [0.6 - 0.25, -0.8, -0.6]])
+    expected = F.cross_entropy(logits, ids)
+    assert loss_fn(e, ids).item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(SiamsearchError, match="CosFace"):
+        CosFaceLoss(num_classes=1, embedding_dim=2)

@@ -69,3 +69,95 @@ def test_truncated_png(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(UnreadableImage, match="truncated|corrupt"):
         read_image(path)
+
+
+def _stripes(width: int = 40, height: int = 20) -> Image.Image:
+    """Black ends (6 px each side) around a white middle: shows what a resize keeps."""
+    arr = np.zeros((height, width), np.uint8)
+    arr[:, 6:width - 6] = 255
+    return Image.fromarray(arr, "L")
+
+
+def test_short_side_keeps_aspect_squash_does_not():
+    img = _stripes()
+    keep = build_transform(ModelConfig(input_size=16, resize="short_side", mean=(0.0,), std=(1.0,)))(img)
+    squash = build_transform(ModelConfig(input_size=16, resize="squash", mean=(0.0,), std=(1.0,)))(img)
+    assert keep.shape == squash.shape == (1, 16, 16)
+    # short side 20 -> 16, long side 40 -> 32, centre 16 columns = original columns 10..30: all white
+    assert keep.min() > 0.95
+    # squashed: the black ends stay in, at a quarter of the width each
+    assert squash[0, :, 0].max() < 0.05 and squash[0, :, -1].max() < 0.05 and squash[0, :, 8].min() > 0.95
+
+
+def test_crop_before_resize_centre_fraction_and_box():
+    arr = np.zeros((100, 200), np.uint8)
+    arr[25:75, 50:150] = 255  # the centre half of each side is white
+    img = Image.fromarray(arr, "L")
+    plain = dict(input_size=16, mean=(0.0,), std=(1.0,))
+    assert build_transform(ModelConfig(crop=0.5, **plain))(img).min() > 0.95
+    assert build_transform(ModelConfig(crop=(0.25, 0.25, 0.75, 0.75), **plain))(img).min() > 0.95
+    # a box on the black top-left corner
+    assert build_transform(ModelConfig(crop=(0.0, 0.0, 0.2, 0.2), **plain))(img).max() < 0.05
+    from siamsearch.core.preprocess import crop_box
+
+    assert crop_box(200, 100, (0.5,)) == (50, 25, 150, 75)
+    assert crop_box(250, 250, (0.1, 0.2, 0.9, 1.0)) == (25, 50, 225, 250)
+
+
+def test_bad_crop_and_resize_are_user_errors():
+    from siamsearch.core.errors import SiamsearchError
+
+    for bad in (0.0, 1.5, (0.1, 0.2), (0.5, 0.5, 0.4, 0.9), "x"):
+        with pytest.raises(SiamsearchError, match="crop"):
+            ModelConfig(crop=bad)
+    with pytest.raises(SiamsearchError, match="resize"):
+        ModelConfig(resize="stretch")
+    with pytest.raises(SiamsearchError, match="augmentation"):
+        ModelConfig(augmentation="mixup")
+
+
+def test_old_configs_keep_their_meaning_and_fingerprint():
+    """A config dict written before crop/resize/augmentation existed: squash, no crop, affine; to_dict unchanged."""
+    old = {"backbone": "smallcnn", "embedding_dim": 128, "hflip": False, "in_channels": 1, "input_size": 64,
+           "mean": [0.5], "std": [0.5]}
+    cfg = ModelConfig.from_dict(old)
+    assert (cfg.crop, cfg.resize, cfg.augmentation) == (None, "squash", "affine")
+    assert cfg.to_dict() == old
+    new = ModelConfig(crop=0.5, resize="short_side", augmentation="photo")
+    assert ModelConfig.from_json(new.to_json()) == new and new.to_dict()["crop"] == [0.5]
+
+
+def _photo_config(**kw):
+    return ModelConfig(input_size=16, in_channels=3, mean=(0.0,) * 3, std=(1.0,) * 3, **kw)
+
+
+def test_photo_augmentation_changes_pixels_affine_keeps_a_flat_image():
+    flat = Image.new("RGB", (24, 24), (120, 90, 60))
+    torch.manual_seed(0)
+    eval_x = build_transform(_photo_config(augmentation="photo"))(flat)
+    photo = [build_transform(_photo_config(augmentation="photo"), train=True)(flat) for _ in range(8)]
+    # brightness / contrast / colour jitter and random grey move a flat image's values
+    assert max(float((x - eval_x).abs().max()) for x in photo) > 0.05
+    # the characters' affine (filled with the border colour) leaves a flat image as it is
+    affine = build_transform(_photo_config(augmentation="affine"), train=True)(flat)
+    assert torch.allclose(affine, build_transform(_photo_config(augmentation="affine"))(flat), atol=1e-6)
+    assert all(x.shape == (3, 16, 16) for x in photo)
+
+
+def test_characters_preset_has_no_photo_augmentation_or_flips():
+    from siamsearch.core.presets import PRESETS, preset_config_fields, preset_values
+
+    values = preset_values("characters", 1, 32)
+    cfg = ModelConfig.for_channels(values["in_channels"], **preset_config_fields(values))
+    assert (cfg.augmentation, cfg.hflip, cfg.crop, cfg.input_size) == ("affine", False, None, 32)
+    assert PRESETS["faces"]["augmentation"] == "photo" and PRESETS["faces"]["hflip"] and PRESETS["faces"]["crop"] == (0.5,)
+    # an asymmetric character is never mirrored by the characters' training pipeline
+    arr = np.zeros((16, 16), np.uint8)
+    arr[:, :4] = 255
+    img = Image.fromarray(arr, "L")
+    tf = build_transform(ModelConfig(input_size=16, mean=(0.0,), std=(1.0,), augmentation=cfg.augmentation,
+                                     hflip=cfg.hflip), train=True)
+    torch.manual_seed(0)
+    for _ in range(20):
+        x = tf(img)
+        assert x[0, :, :6].mean() > x[0, :, -6:].mean()

@@ -154,3 +154,66 @@ def test_lr_factor_warms_up_then_decays():
     assert lr_factor(0.1, 0.1) == pytest.approx(1.0)
     assert lr_factor(0.55, 0.1) == pytest.approx(0.5)
     assert lr_factor(1.0, 0.1) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_faces_preset_sets_the_recipe_and_is_recorded(tmp_path):
+    colour = make_identity_folders(tmp_path / "faces", n_ids=5, per_id=3, size=24, mode="RGB")
+    (colour / "lonely").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (30, 24), (200, 40, 40)).save(colour / "lonely" / "one.png")  # a singleton, not square
+    out = tmp_path / "faces.pt"
+    result = siamsearch.train(colour, out, preset="faces", input_size=16, embedding_dim=8, batch_size=8, epochs=1,
+                              steps_per_epoch=2, val_fraction=0.0, progress=False)
+    ck = load_checkpoint(out)
+    cfg = ck.config
+    assert (cfg.crop, cfg.resize, cfg.augmentation, cfg.hflip, cfg.in_channels) == ((0.5,), "short_side", "photo", True, 3)
+    hyper = ck.card["hyperparameters"]
+    assert ck.card["preset"] == hyper["preset"] == "faces" and hyper["preset_source"] == "given"
+    assert hyper["loss"] == "cosface" and hyper["singletons"] and hyper["crop"] == [0.5]
+    assert "lonely" in ck.card["train_identities"] and ck.head_state["weight"].shape[0] == 6  # singletons are classes
+    assert result.best_epoch == 1
+    # an explicit option wins over the preset; crop 1 means the whole image
+    siamsearch.train(colour, tmp_path / "p.pt", preset="faces", loss="triplet", crop=1.0, input_size=16,
+                     embedding_dim=8, batch_size=8, epochs=1, steps_per_epoch=1, val_fraction=0.0, progress=False)
+    ck = load_checkpoint(tmp_path / "p.pt")
+    assert ck.config.crop is None and ck.card["hyperparameters"]["loss"] == "triplet"
+
+
+def test_preset_is_guessed_from_the_images(data, tmp_path):
+    out = tmp_path / "grey.pt"
+    siamsearch.train(data, out, epochs=1, steps_per_epoch=1, **FAST)
+    ck = load_checkpoint(out)
+    assert ck.card["preset"] == "characters" and ck.card["hyperparameters"]["preset_source"].startswith("guessed")
+    assert (ck.config.augmentation, ck.config.hflip, ck.config.resize) == ("affine", False, "short_side")
+    assert ck.card["hyperparameters"]["loss"] == "triplet"
+    with pytest.raises(SiamsearchError, match="preset"):
+        siamsearch.train(data, out, preset="birds", epochs=1, **FAST)
+
+
+def test_without_epochs_a_small_folder_gets_the_minimum_steps(data, tmp_path, monkeypatch):
+    import siamsearch.training.schedule as schedule
+
+    monkeypatch.setattr(schedule, "MIN_STEPS", 30)  # the rule, at a size a test can afford
+    result = siamsearch.train(data, tmp_path / "auto.pt", seed=0, **FAST)
+    ck = load_checkpoint(tmp_path / "auto.pt")
+    hyper = ck.card["hyperparameters"]
+    assert hyper["epochs"] == schedule.AUTO_EPOCHS and hyper["steps_per_epoch"] * hyper["epochs"] >= 30
+    assert len(result.history) == schedule.AUTO_EPOCHS
+    assert result.history[-1]["lr"] < 0.05 * ck.card["hyperparameters"]["lr"]  # the schedule ran to its end
+
+
+def test_log_dir_writes_tensorboard_scalars_and_projector(data, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logs = tmp_path / "tb"
+    siamsearch.train(data, tmp_path / "tb.pt", epochs=2, steps_per_epoch=10, log_dir=logs, **FAST)
+    acc = EventAccumulator(str(logs))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "val/auc", "val/precision_at_1", "val/genuine_distance",
+            "val/impostor_distance"} <= tags
+    assert len(acc.Scalars("val/auc")) == 2
+    projector = (logs / "projector_config.pbtxt").read_text()
+    assert "sprite" in projector and "metadata" in projector

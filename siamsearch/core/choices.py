@@ -17,7 +17,19 @@ BACKBONES = ("smallcnn", "resnet18", "resnet34", "resnet50", "efficientnet_b0")
 EMBED_FROM = ("head", "backbone")
 
 #: Losses of :mod:`siamsearch.training.losses`.
-LOSSES = ("contrastive", "triplet", "arcface")
+LOSSES = ("contrastive", "triplet", "arcface", "cosface")
+
+#: Training presets of :mod:`siamsearch.core.presets`.
+PRESET_NAMES = ("faces", "characters", "products")
+
+#: How an image reaches ``input_size x input_size`` (:class:`siamsearch.core.config.ModelConfig`): ``squash``
+#: resizes both sides (what configs written before the field mean), ``short_side`` resizes the short side and
+#: centre-crops the long one (aspect ratio kept; what new models use).
+RESIZE = ("squash", "short_side")
+
+#: Training augmentation: ``affine`` (small rotation, shift, scale, shear: characters, digits) or ``photo``
+#: (random resized crop, brightness/contrast/colour jitter, random grey: photographs).
+AUGMENTATIONS = ("affine", "photo")
 
 #: Triplet mining strategies of :class:`siamsearch.training.losses.TripletLoss`.
 MINING = ("all", "hard")

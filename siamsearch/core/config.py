@@ -3,10 +3,37 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Optional
 
 from .errors import SiamsearchError
-from .choices import BACKBONES, EMBED_FROM  # noqa: F401  (defined once there, torch-free)
+from .choices import AUGMENTATIONS, BACKBONES, EMBED_FROM, RESIZE  # noqa: F401  (defined once there, torch-free)
+
+# fields omitted from to_dict() at these values, so configs written before a field existed keep their
+# meaning and their fingerprint
+_OMIT_AT = {"embed_from": "head", "crop": None, "resize": "squash", "augmentation": "affine"}
+
+
+def _check_crop(crop: Any) -> Optional[tuple]:
+    """``None``; a centre fraction ``f`` in (0, 1] (as a float or a 1-tuple); or a box
+    ``(left, top, right, bottom)`` in fractions of the width and height. Returns a tuple or None."""
+    if crop is None:
+        return None
+    values = (crop,) if isinstance(crop, (int, float)) else tuple(crop)
+    try:
+        values = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise SiamsearchError(f"crop must be a centre fraction or a box of 4 fractions, got {crop!r}") from None
+    if len(values) == 1:
+        if not 0 < values[0] <= 1:
+            raise SiamsearchError(f"a centre crop fraction must be in (0, 1], got {values[0]}")
+        return values
+    if len(values) != 4:
+        raise SiamsearchError(f"a crop box is (left, top, right, bottom) in fractions of the image, got {crop!r}")
+    left, top, right, bottom = values
+    if not (0 <= left < right <= 1 and 0 <= top < bottom <= 1):
+        raise SiamsearchError(f"crop box {values} needs 0 <= left < right <= 1 and 0 <= top < bottom <= 1 "
+                              "(fractions of the width and height)")
+    return values
 
 
 @dataclass(frozen=True)
@@ -31,6 +58,15 @@ class ModelConfig:
             what the loss does not need, so they transfer better to
             identities unlike the training ones when there are few of those
             (SimCLR, Chen et al. 2020, section 4.2).
+        crop: applied first, before the resize: ``None`` (whole image), ``(f,)``
+            a centre crop keeping the fraction ``f`` of each side (faces in
+            LFW-style frames, where the face is the centre half: 0.5), or a box
+            ``(left, top, right, bottom)`` in fractions of the width and height.
+        resize: one of :data:`RESIZE`; ``"squash"`` is the default of the
+            dataclass (configs written before the field), the trainer writes
+            ``"short_side"``.
+        augmentation: one of :data:`AUGMENTATIONS`, the training augmentation
+            (only training pipelines use it).
     """
 
     backbone: str = "smallcnn"
@@ -41,6 +77,9 @@ class ModelConfig:
     std: tuple = (0.5,)
     hflip: bool = False
     embed_from: str = "head"
+    crop: Optional[tuple] = None
+    resize: str = "squash"
+    augmentation: str = "affine"
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -49,6 +88,11 @@ class ModelConfig:
             )
         if self.embed_from not in EMBED_FROM:
             raise SiamsearchError(f"embed_from must be one of {', '.join(EMBED_FROM)}, got {self.embed_from!r}")
+        if self.resize not in RESIZE:
+            raise SiamsearchError(f"resize must be one of {', '.join(RESIZE)}, got {self.resize!r}")
+        if self.augmentation not in AUGMENTATIONS:
+            raise SiamsearchError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {self.augmentation!r}")
+        object.__setattr__(self, "crop", _check_crop(self.crop))
         if self.in_channels not in (1, 3):
             raise SiamsearchError(f"in_channels must be 1 or 3, got {self.in_channels}")
         if not (8 <= int(self.input_size) <= 1024):
@@ -75,8 +119,11 @@ class ModelConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
-        if d["embed_from"] == "head":  # omitted at its default: checkpoints written before the field keep their fingerprint
-            del d["embed_from"]
+        if d["crop"] is not None:
+            d["crop"] = list(d["crop"])
+        for name, default in _OMIT_AT.items():  # checkpoints written before the field keep their fingerprint
+            if d[name] == default:
+                del d[name]
         return d
 
     def to_json(self) -> str:

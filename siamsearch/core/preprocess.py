@@ -65,33 +65,83 @@ class _RandomAffineBorderFill:
                          fill=fill if len(fill) > 1 else fill[0])
 
 
+def crop_box(width: int, height: int, crop: tuple) -> tuple[int, int, int, int]:
+    """The pixel box ``(left, top, right, bottom)`` of ``config.crop`` on a ``width x height`` image.
+
+    ``(f,)``: the centred box keeping the fraction ``f`` of each side; ``(l, t, r, b)``: fractions of
+    the width and height. At least one pixel each way.
+    """
+    if len(crop) == 1:
+        f = crop[0]
+        w, h = max(1, round(width * f)), max(1, round(height * f))
+        left, top = (width - w) // 2, (height - h) // 2
+        return left, top, left + w, top + h
+    left, top = int(round(crop[0] * width)), int(round(crop[1] * height))
+    right = max(left + 1, int(round(crop[2] * width)))
+    bottom = max(top + 1, int(round(crop[3] * height)))
+    return left, top, right, bottom
+
+
+def _resize_steps(config: ModelConfig) -> list:
+    """Resize to ``input_size`` square: both sides (``squash``) or the short side, then a centre crop."""
+    size = int(config.input_size)
+    bilinear = T.InterpolationMode.BILINEAR
+    if config.resize == "short_side":
+        return [T.Resize(size, interpolation=bilinear, antialias=True), T.CenterCrop(size)]
+    return [T.Resize((size, size), interpolation=bilinear, antialias=True)]
+
+
+def _photo_steps(config: ModelConfig) -> list:
+    """Photo augmentation on the resized square: random resized crop (64-100 % of the area, a
+    mild aspect change: shifts and zooms), flips when ``hflip``, brightness/contrast (and colour) jitter
+    and, for colour input, random grey conversion."""
+    size = int(config.input_size)
+    steps: list = [T.RandomResizedCrop(size, scale=(0.64, 1.0), ratio=(0.85, 1.18), antialias=True)]
+    if config.hflip:
+        steps.append(T.RandomHorizontalFlip())
+    if config.in_channels == 3:
+        steps += [T.RandomApply([T.ColorJitter(0.3, 0.3, 0.3, 0.03)], p=0.8), T.RandomGrayscale(p=0.15)]
+    else:
+        steps.append(T.RandomApply([T.ColorJitter(0.3, 0.3)], p=0.8))
+    return steps
+
+
 def build_transform(config: ModelConfig, train: bool = False, augment: bool = True) -> Transform:
     """Make the pipeline that turns one image into the network's input tensor.
 
+    Order: mode conversion to ``in_channels``, ``config.crop`` (before any resize), the resize
+    (``config.resize``: squash or short side + centre crop), training augmentation, tensor,
+    normalisation with ``config.mean``/``config.std``.
+
     Args:
-        config: the model's config; its ``input_size``, ``in_channels``,
-            ``mean``, ``std`` and ``hflip`` fully define preprocessing.
+        config: the model's config; its ``input_size``, ``in_channels``, ``crop``, ``resize``,
+            ``augmentation``, ``hflip``, ``mean`` and ``std`` fully define preprocessing.
         train: build the training pipeline (with augmentation when ``augment``).
-        augment: when training, add a small random affine (rotation ±10°,
-            shift ±8 %, scale 0.9–1.1, shear ±8°) and horizontal flips when
-            ``config.hflip``.
+        augment: when training, add ``config.augmentation``: ``"affine"``, a small random affine
+            (rotation ±10°, shift ±8 %, scale 0.9–1.1, shear ±8°) filled with the border colour,
+            or ``"photo"`` (see :func:`_photo_steps`); plus horizontal flips when ``config.hflip``.
 
     Returns:
         A callable taking a path, PIL image or array and returning a float
         tensor ``[in_channels, input_size, input_size]``.
     """
-    size = int(config.input_size)
-    steps: list = [T.Resize((size, size), interpolation=T.InterpolationMode.BILINEAR, antialias=True)]
+    steps: list = _resize_steps(config)
     if train and augment:
-        steps.append(_RandomAffineBorderFill(degrees=10, translate=0.08, scale=(0.9, 1.1), shear=8))
-        if config.hflip:
-            steps.append(T.RandomHorizontalFlip())
+        if config.augmentation == "photo":
+            steps += _photo_steps(config)
+        else:
+            steps.append(_RandomAffineBorderFill(degrees=10, translate=0.08, scale=(0.9, 1.1), shear=8))
+            if config.hflip:
+                steps.append(T.RandomHorizontalFlip())
     steps += [T.ToTensor(), T.Normalize(config.mean, config.std)]
     pipeline = T.Compose(steps)
-    channels = config.in_channels
+    channels, crop = config.in_channels, config.crop
 
     def transform(image: ImageLike) -> torch.Tensor:
-        return pipeline(to_mode(as_pil(image), channels))
+        img = to_mode(as_pil(image), channels)
+        if crop is not None:
+            img = img.crop(crop_box(img.width, img.height, crop))
+        return pipeline(img)
 
     return transform
 

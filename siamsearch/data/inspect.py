@@ -18,6 +18,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from ..core.config import ModelConfig
+from ..core.presets import preset_config_fields, preset_values, resolve_preset
 from . import ImageDataset, guess_channels_and_size, open_dataset, split_by_identity
 from ..core.errors import SiamsearchError, UnreadableImage
 from ..core.preprocess import build_transform
@@ -38,11 +39,11 @@ def open_data(data: DataArg, format: str, split: Optional[str]) -> ImageDataset:
 
 def resolve_config(ds: ImageDataset, model: Optional[PathLike] = None, seed: int = 0) -> tuple[ModelConfig, str]:
     """The preprocessing spec the trainer would use: the checkpoint's config when
-    ``model`` is given, else the trainer's default for this data (channels and
-    input size guessed from the images, as ``siamsearch train`` does).
+    ``model`` is given, else the trainer's default for this data (the preset, channels and
+    input size guessed from the images, as ``siamsearch train`` does without ``--preset``).
 
     Returns:
-        ``(config, where)`` with ``where`` = the checkpoint path or ``"default"``.
+        ``(config, where)`` with ``where`` = the checkpoint path or ``"default (NAME preset)"``.
     """
     if model is not None:
         from ..core.checkpoint import load_checkpoint
@@ -50,7 +51,29 @@ def resolve_config(ds: ImageDataset, model: Optional[PathLike] = None, seed: int
         return load_checkpoint(model).config, os.fspath(model)
 
     channels, size = guess_channels_and_size(ds, seed)
-    return ModelConfig.for_channels(channels, input_size=size), "default"
+    name, _ = resolve_preset(None, channels)
+    values = preset_values(name, channels, size)
+    return ModelConfig.for_channels(values["in_channels"], **preset_config_fields(values)), f"default ({name} preset)"
+
+
+def geometry_note(config: ModelConfig, sizes: Counter) -> str:
+    """What the preprocessing does to the images' geometry: the crop, and what happens to non-square ones."""
+    s = config.input_size
+    parts = []
+    if config.crop is not None:
+        what = (f"the centre {config.crop[0]:g} of each side" if len(config.crop) == 1
+                else f"the box {', '.join(f'{v:g}' for v in config.crop)} (fractions of width, height)")
+        parts.append(f"each image is first cropped to {what}")
+    non_square = sum(c for k, c in sizes.items() if len(set(k.split("x"))) == 2)
+    if non_square and config.resize == "short_side":
+        parts.append(f"{non_square} non-square image{'s' if non_square > 1 else ''}: the short side is resized to "
+                     f"{s} px and the long side centre-cropped to {s} px (aspect ratio kept, the ends of the long side lost)")
+    elif non_square:
+        parts.append(f"{non_square} non-square image{'s' if non_square > 1 else ''}: squashed to {s}x{s} px "
+                     "(the aspect ratio changes; new models resize the short side instead)")
+    else:
+        parts.append(f"all images are square: resized to {s}x{s} px")
+    return "; ".join(parts)
 
 
 # --------------------------------------------------------------------------- check
@@ -156,7 +179,7 @@ def _preprocessing(ds: ImageDataset, scan: _Scan, model: Optional[PathLike], see
             problems.append({"severity": "error",
                              "message": f"preprocessing fails on {mode} images (e.g. {ds.source(i)}): {e}"})
     return config, {"config": config.to_dict(), "source": source, "output_shape": out_shape,
-                    "conversions": conversions}
+                    "conversions": conversions, "geometry": geometry_note(config, scan.sizes)}
 
 
 def _trainability(ids_ok: np.ndarray, per_id: np.ndarray, val_fraction: float, seed: int, add) -> None:
@@ -314,7 +337,8 @@ def format_report(report: dict, max_rows: int = 10) -> str:
     shape = "x".join(str(v) for v in pre["output_shape"]) if pre["output_shape"] else "?"
     conv = ", ".join(f"{a} -> {b}" for a, b in pre["conversions"].items()) or "none"
     lines += ["", f"preprocessing ({pre['source']} config: {cfg['backbone']}, {cfg['input_size']} px, "
-                  f"{cfg['in_channels']} channel{'s' if cfg['in_channels'] > 1 else ''}): every image becomes {shape} (CxHxW); mode conversions: {conv}"]
+                  f"{cfg['in_channels']} channel{'s' if cfg['in_channels'] > 1 else ''}): every image becomes {shape} (CxHxW); mode conversions: {conv}",
+              f"geometry: {pre['geometry']}"]
     un = r["unreadable"]
     if un["count"]:
         lines += ["", f"unreadable files ({un['count']}):"]

@@ -10,8 +10,9 @@ Every loss has the one interface ``loss(embeddings [B, d], identities [B]) -> sc
 - :class:`TripletLoss` — batches with identities: the hardest positive and
   negative per anchor (batch-hard, the default) or every active triplet
   (batch-all).
-- :class:`ArcFaceLoss` — additive angular margin softmax over identity ids; its
-  class-weight matrix is saved as ``head_state`` but not needed to embed.
+- :class:`ArcFaceLoss`, :class:`CosFaceLoss` — margin softmax over every training
+  identity (angular / cosine margin); the class-weight matrix is saved as
+  ``head_state`` but not needed to embed.
 """
 from __future__ import annotations
 
@@ -127,40 +128,72 @@ class TripletLoss(nn.Module):
         return F.relu(hardest_pos[valid] - hardest_neg[valid] + self.margin).mean()
 
 
-class ArcFaceLoss(nn.Module):
+class _MarginSoftmax(nn.Module):
+    """A class-weight matrix ``W [num_classes, d]`` and cosine logits; subclasses add the margin."""
+
+    def __init__(self, num_classes: int, embedding_dim: int, scale: float, margin: float, name: str):
+        super().__init__()
+        if num_classes < 2:
+            raise SiamsearchError(f"{name} needs at least 2 training identities")
+        if not 0 <= margin < 1.5 or scale <= 0:
+            raise SiamsearchError(f"{name} needs a margin in [0, 1.5) and a positive scale, got {margin} and {scale}")
+        self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
+        nn.init.xavier_uniform_(self.weight)
+        self.scale, self.margin = scale, margin
+
+    def cosines(self, embeddings: torch.Tensor, identities: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``cos(θ) [B, num_classes]`` and the one-hot mask of the true classes."""
+        _check_batch(embeddings, identities)
+        cos = F.linear(F.normalize(embeddings, dim=1), F.normalize(self.weight, dim=1)).clamp(-1 + 1e-7, 1 - 1e-7)
+        return cos, F.one_hot(identities.long(), cos.shape[1]).bool()
+
+
+class ArcFaceLoss(_MarginSoftmax):
     """Additive angular margin softmax (Deng et al. 2019).
 
     Args:
-        num_classes: number of training identities (ids ``0..num_classes-1``).
+        num_classes: number of training identities (ids ``0..num_classes-1``); every identity
+            counts, those with a single image included.
         embedding_dim: ``d``.
         scale: logit scale ``s``.
         margin: angular margin ``m`` in radians.
 
     ``forward(embeddings [B, d] (unit rows), identities [B] int) -> scalar``:
     cross-entropy on ``s·cos(θ_j)`` with ``cos(θ_y + m)`` for the true class.
+    The class-weight matrix is saved as ``head_state`` but not needed to embed.
     """
 
-
     def __init__(self, num_classes: int, embedding_dim: int, scale: float = 30.0, margin: float = 0.3):
-        super().__init__()
-        if num_classes < 2:
-            raise SiamsearchError("ArcFace needs at least 2 training identities")
-        self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
-        nn.init.xavier_uniform_(self.weight)
-        self.scale, self.margin = scale, margin
+        super().__init__(num_classes, embedding_dim, scale, margin, "ArcFace")
         self.cos_m, self.sin_m = math.cos(margin), math.sin(margin)
         # beyond theta = pi - m, cos(theta + m) stops decreasing; use a linear penalty there instead
         self.threshold = math.cos(math.pi - margin)
         self.mm = math.sin(math.pi - margin) * margin
 
     def forward(self, embeddings: torch.Tensor, identities: torch.Tensor) -> torch.Tensor:
-        _check_batch(embeddings, identities)
-        cos = F.linear(F.normalize(embeddings, dim=1), F.normalize(self.weight, dim=1)).clamp(-1 + 1e-7, 1 - 1e-7)
+        cos, onehot = self.cosines(embeddings, identities)
         sin = torch.sqrt(1.0 - cos * cos)
         cos_margin = cos * self.cos_m - sin * self.sin_m
         cos_margin = torch.where(cos > self.threshold, cos_margin, cos - self.mm)
-        onehot = F.one_hot(identities.long(), cos.shape[1]).bool()
         logits = torch.where(onehot, cos_margin, cos) * self.scale
+        return F.cross_entropy(logits, identities.long())
+
+
+class CosFaceLoss(_MarginSoftmax):
+    """Large margin cosine loss (CosFace, Wang et al. 2018).
+
+    ``forward(embeddings [B, d], identities [B] int) -> scalar``: cross-entropy on
+    ``s·(cos(θ_j) − m·[j = y])``. Arguments as :class:`ArcFaceLoss`, the margin ``m`` in
+    cosine units. Easier to start from scratch than ArcFace (the margin does not depend on the
+    angle), so the photo presets use it.
+    """
+
+    def __init__(self, num_classes: int, embedding_dim: int, scale: float = 30.0, margin: float = 0.35):
+        super().__init__(num_classes, embedding_dim, scale, margin, "CosFace")
+
+    def forward(self, embeddings: torch.Tensor, identities: torch.Tensor) -> torch.Tensor:
+        cos, onehot = self.cosines(embeddings, identities)
+        logits = (cos - self.margin * onehot.float()) * self.scale
         return F.cross_entropy(logits, identities.long())
 
 
@@ -175,4 +208,6 @@ def make_loss(name: str, num_classes: int, embedding_dim: int, margin: float | N
         return TripletLoss(mining=mining, **kw)
     if name == "arcface":
         return ArcFaceLoss(num_classes, embedding_dim, **kw)
+    if name == "cosface":
+        return CosFaceLoss(num_classes, embedding_dim, **kw)
     raise SiamsearchError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
