@@ -156,7 +156,7 @@ def evaluate_split(train_ds: ImageDataset, pairs_fit: tuple, pairs_test: tuple, 
 def recipe(args) -> dict:
     """The training options: the preset, plus any exploration override given on the command line."""
     keys = ("preset", "loss", "backbone", "input_size", "embedding_dim", "lr", "batch_size", "m_per_class", "margin",
-            "augmentation", "resize")
+            "augmentation", "resize", "mining")
     kw = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     if args.crop is not None:
         kw["crop"] = tuple(float(v) for v in args.crop.split(","))
@@ -227,7 +227,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--preset", default="faces")
     for name, typ in (("loss", str), ("backbone", str), ("input-size", int), ("embedding-dim", int), ("lr", float),
                       ("batch-size", int), ("m-per-class", int), ("margin", float), ("augmentation", str),
-                      ("resize", str), ("crop", str)):
+                      ("resize", str), ("crop", str), ("mining", str)):
         p.add_argument(f"--{name}", type=typ, default=None, help="override the preset (recipe exploration)")
     p.add_argument("--no-singletons", action="store_true", help="leave identities with one image out (exploration)")
     p.add_argument("--label", default=None, help="a name for this recipe in the results")
