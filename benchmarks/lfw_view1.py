@@ -38,6 +38,7 @@ from siamsearch.core.config import ModelConfig  # noqa: E402
 from siamsearch.core.distance import pair_distances  # noqa: E402
 from siamsearch.core.preprocess import build_transform  # noqa: E402
 from siamsearch.data import ImageDataset, open_dataset  # noqa: E402
+from siamsearch.evaluation.pairs_protocol import read_lfw_pairs  # noqa: E402
 from siamsearch.metrics.verification import accuracy_at, best_accuracy, roc_auc  # noqa: E402
 
 IMAGES = "lfw-deepfunneled"
@@ -67,25 +68,10 @@ def read_people(path: Path) -> list[list[str]]:
 
 
 def read_pairs(path: Path, root: Path) -> list[tuple[list, list, np.ndarray]]:
-    """``pairs*.txt`` -> a list of folds ``(paths_a, paths_b, is_same)``."""
-    lines = [ln.split() for ln in path.read_text().splitlines() if ln.strip()]
-    head = lines[0]
-    n_folds, per = (int(head[0]), int(head[1])) if len(head) == 2 else (1, int(head[0]))
-
-    def image(name: str, k: str) -> str:
-        return str(root / IMAGES / name / f"{name}_{int(k):04d}.jpg")
-
-    folds, i = [], 1
-    for _ in range(n_folds):
-        a, b, same = [], [], []
-        for ln in lines[i:i + 2 * per]:
-            if len(ln) == 3:
-                a.append(image(ln[0], ln[1])), b.append(image(ln[0], ln[2])), same.append(True)
-            else:
-                a.append(image(ln[0], ln[1])), b.append(image(ln[2], ln[3])), same.append(False)
-        folds.append((a, b, np.asarray(same)))
-        i += 2 * per
-    return folds
+    """``pairs*.txt`` through the library's LFW pairs reader -> a list of folds ``(paths_a, paths_b, is_same)``."""
+    pairs = read_lfw_pairs(path, root / IMAGES)
+    parts = [pairs] if pairs.folds is None else [pairs.subset(pairs.folds == k) for k in np.unique(pairs.folds)]
+    return [(list(p.path_a), list(p.path_b), np.asarray(p.is_same)) for p in parts]
 
 
 def concat_pairs(folds: list) -> tuple[list, list, np.ndarray]:

@@ -167,7 +167,7 @@ def _sampler(train_ds: ImageDataset, values: dict, seed: int, steps_per_epoch: O
 
 
 def _epoch_line(record: dict, epochs: Optional[int]) -> str:
-    msg = f"epoch {record['epoch']}/{epochs or '-'} loss {record['loss']:.4f} lr {record['lr']:.2e}"
+    msg = f"epoch {record['epoch']}/{epochs or '-'} loss {record['loss']:.4f}"
     if "val_auc" in record:
         msg += f" val AUC {record['val_auc']:.4f} P@1 {record['val_precision_at_1']:.4f}"
     if "val_impostor_distance" in record:
