@@ -170,14 +170,15 @@ def test_faces_preset_sets_the_recipe_and_is_recorded(tmp_path):
     assert (cfg.crop, cfg.resize, cfg.augmentation, cfg.hflip, cfg.in_channels) == ((0.5,), "short_side", "photo", True, 3)
     hyper = ck.card["hyperparameters"]
     assert ck.card["preset"] == hyper["preset"] == "faces" and hyper["preset_source"] == "given"
-    assert hyper["loss"] == "cosface" and hyper["singletons"] and hyper["crop"] == [0.5]
-    assert "lonely" in ck.card["train_identities"] and ck.head_state["weight"].shape[0] == 6  # singletons are classes
+    assert hyper["loss"] == "triplet" and hyper["singletons"] and hyper["crop"] == [0.5]
+    assert "lonely" in ck.card["train_identities"]
     assert result.best_epoch == 1
     # an explicit option wins over the preset; crop 1 means the whole image
-    siamsearch.train(colour, tmp_path / "p.pt", preset="faces", loss="triplet", crop=1.0, input_size=16,
+    siamsearch.train(colour, tmp_path / "p.pt", preset="faces", loss="cosface", crop=1.0, input_size=16,
                      embedding_dim=8, batch_size=8, epochs=1, steps_per_epoch=1, val_fraction=0.0, progress=False)
     ck = load_checkpoint(tmp_path / "p.pt")
-    assert ck.config.crop is None and ck.card["hyperparameters"]["loss"] == "triplet"
+    assert ck.config.crop is None and ck.card["hyperparameters"]["loss"] == "cosface"
+    assert ck.head_state["weight"].shape[0] == 6  # a class per training identity, the singleton included
 
 
 def test_preset_is_guessed_from_the_images(data, tmp_path):
