@@ -129,11 +129,19 @@ def evaluate_split(train_ds: ImageDataset, pairs_fit: tuple, pairs_test: tuple, 
     train_seconds = time.time() - t0
     model = siamsearch.load_model(out)
     trained = scores(lambda p: model.embed(p, batch_size=128), pairs_fit, pairs_test)
-    raw = scores(lambda p: unit(pixels(p)), pairs_fit, pairs_test)
+    cache: dict = {}  # the pair images' pixels, decoded once for both baselines
+
+    def cached_pixels(paths: list) -> np.ndarray:
+        todo = [p for p in paths if p not in cache]
+        if todo:
+            cache.update(zip(todo, pixels(todo)))
+        return np.stack([cache[p] for p in paths])
+
+    raw = scores(lambda p: unit(cached_pixels(p)), pairs_fit, pairs_test)
     rng = np.random.default_rng(args.seed)
     fit_paths = [train_ds.source(int(i)) for i in rng.choice(len(train_ds), min(4000, len(train_ds)), replace=False)]
     project = whitened_pca(pixels(fit_paths))
-    pca = scores(lambda p: project(pixels(p)), pairs_fit, pairs_test)
+    pca = scores(lambda p: project(cached_pixels(p)), pairs_fit, pairs_test)
     return {**trained, "train_seconds": round(train_seconds, 1), "epochs_run": len(result.history),
             "best_epoch": result.best_epoch, "history": result.history,
             "baselines": {"raw_pixels": raw, "pca": pca}}
