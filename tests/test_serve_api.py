@@ -146,6 +146,9 @@ def test_search_matches_gallery_search_and_k_limits(served):
         _assert_error(c.post(f"{API}/galleries/people/search", files={"image": _file(data)}, data={"k": k}), 422)
     _assert_error(c.post(f"{API}/galleries/nobody/search", files={"image": _file(data)}), 404, "gallery_not_found")
     _assert_error(c.post(f"{API}/galleries/%2E%2E/search", files={"image": _file(data)}), 400)
+    for name in ("a%2Fb", "..%2F..%2Fetc", "people%00", "a%5Cb"):  # encoded traversal: 400, not a 404
+        _assert_error(c.post(f"{API}/galleries/{name}/search", files={"image": _file(data)}), 400)
+    _assert_error(c.delete(f"{API}/galleries/people/identities/..%2Fid_0"), 400, "bad_path")
     _assert_error(c.post(f"{API}/galleries/people/search", files={"image": _file(b"GIF89a broken")}), 415)
 
 

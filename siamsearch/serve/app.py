@@ -137,6 +137,11 @@ def _install_errors(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException):
+        raw = request.scope.get("raw_path", b"").lower()
+        if e.status_code == 404 and raw.startswith(API.encode()) and (
+                any(t in raw for t in (b"%2f", b"%5c", b"%00", b"\\")) or "/../" in request.url.path + "/"):
+            return _error_response(ApiError(400, "bad_path", "gallery names, identities and image ids are single "
+                                                             "path segments: no '/', '\\', '..' or NUL"))
         codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}
         return _error_response(ApiError(e.status_code, codes.get(e.status_code, "http_error"), str(e.detail),
                                         dict(e.headers or {})))
