@@ -81,6 +81,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--seconds", type=float, default=None, help="per timing [3; quick 1]")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (minutes of compile time)")
+    ap.add_argument("--models", default=None, help="comma-separated subset, e.g. smallcnn_32px [all; quick: smallcnn]")
+    ap.add_argument("--results-name", default="embed_speed", help="results file name (benchmarks/results/NAME.json)")
     ap.add_argument("--data", default=None, help="ignored (synthetic input; accepted for the runner)")
     args = ap.parse_args()
     secs = args.seconds or (1.0 if args.quick else 3.0)
@@ -98,6 +100,11 @@ def main() -> None:
     peak32, peak16 = gemm_gflops(torch.float32), gemm_gflops(torch.bfloat16)
     rows, per_model = [], {}
     models = MODELS[:2] if args.quick else MODELS
+    if args.models:
+        wanted = set(args.models.split(","))
+        models = [m for m in MODELS if f"{m[0]}_{m[1]}px" in wanted]
+        if not models:
+            ap.error(f"--models: choose from {', '.join(f'{b}_{s}px' for b, s, _ in MODELS)}")
     for backbone, size, ch in models:
         torch.manual_seed(0)
         cfg = ModelConfig(backbone=backbone, input_size=size, in_channels=ch, mean=(0.5,) * ch, std=(0.5,) * ch)
@@ -155,7 +162,7 @@ def main() -> None:
     }
     rows.append(("GEMM peak 4096^2 (GFLOP/s)", f"fp32 {statistics.fmean(peak32):.0f}", f"bf16 {statistics.fmean(peak16):.0f}",
                  "", "", f"load {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}"))
-    path = write_results("embed_speed", payload, rows,
+    path = write_results(args.results_name, payload, rows,
                          ("model", "fp32 eager", f"default ({default})", "compiled", "default/fp32",
                           "achieved GFLOP/s (% of peak)"), payload["title"])
     print(f"wrote {path}")

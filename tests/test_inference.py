@@ -127,3 +127,18 @@ def test_stream_reports_failures_in_order(model_path):
     assert [f for b in batches for f in b.failures] == [(3, "corrupt (test)")]
     ref = emb.embed([ims[i] for i in pos])
     assert np.allclose(np.concatenate([b.embeddings for b in batches]), ref, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_runner_matches_eager_for_ragged_batches(model_path):
+    """torch.compile (static shapes): shorter batches are padded, longer ones split; outputs match eager."""
+    ck = load_checkpoint(model_path)
+    emb = Embedder(ck, device="cpu", precision="fp32", compile=False)
+    runner = InferenceRunner(emb.net, emb.device, "fp32")
+    x = torch.stack([emb.transform(im) for im in _images(11)])
+    ref = emb.embed_tensor(x)
+    runner.compile()
+    got = np.concatenate([runner(x[:6]), runner(x[6:9]), runner(x[9:])])  # 6 compiles; 3 and 2 are padded
+    assert np.allclose(got, ref, atol=1e-4)
+    assert np.allclose(runner(x), ref, atol=1e-4)  # 11 > 6: split
+    assert runner.compiled and runner._static_batch == 6

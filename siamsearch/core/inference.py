@@ -138,6 +138,7 @@ class InferenceRunner:
         self.compiled = False
         self.compile_note: Optional[str] = None
         self._fn: Callable = net
+        self._static_batch: Optional[int] = None  # the batch size the compiled network was built for
 
     def compile(self) -> bool:
         """Switch to a ``torch.compile``'d forward; falls back to eager (with a warning) on any failure.
@@ -148,7 +149,7 @@ class InferenceRunner:
         if self.compiled:
             return True
         try:
-            fn = torch.compile(self.net, dynamic=True)
+            fn = torch.compile(self.net, dynamic=False)  # static shapes: see _run_static
             self._fn = fn
             self.compiled = True
             self.compile_note = "compiling on first batch"
@@ -156,12 +157,25 @@ class InferenceRunner:
             self.compile_note = f"torch.compile unavailable ({type(e).__name__}); eager mode"
         return self.compiled
 
+    def _run_static(self, x: torch.Tensor) -> torch.Tensor:
+        """The compiled network sees one batch shape only (the first one): a shorter batch is padded with
+        zeros and a longer one split, so that a ragged last batch never triggers a second compilation
+        (static shapes compile to faster code than ``dynamic=True``)."""
+        b = self._static_batch = self._static_batch or int(x.shape[0])
+        if x.shape[0] == b:
+            return self._fn(x)
+        if x.shape[0] > b:
+            return torch.cat([self._run_static(x[i:i + b]) for i in range(0, x.shape[0], b)])
+        pad = x.new_zeros((b - x.shape[0],) + tuple(x.shape[1:])).contiguous(memory_format=torch.channels_last)
+        return self._fn(torch.cat([x, pad]).contiguous(memory_format=torch.channels_last))[: x.shape[0]]
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        run = self._run_static if self.compiled else self._fn
         dtype = _DTYPES.get(self.precision)
         if dtype is None:
-            return self._fn(x)
+            return run(x)
         with torch.autocast(self.device.type, dtype=dtype):
-            return self._fn(x)
+            return run(x)
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
         """Preprocessed batch ``[B, C, H, W]`` -> embeddings ``[B, d]`` float32, L2-normalised."""
