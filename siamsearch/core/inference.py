@@ -43,12 +43,12 @@ from .errors import SiamsearchError, UnreadableImage
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 #: ``compile="auto"`` compiles the network for jobs of at least this many images. Why this size: compiling
-#: is paid once per process and is long (smallcnn, 64 px: 424 s wall on this project's 2-core machine at
-#: load average ~15, where the compiled bf16 forward then ran 2.5x the eager one; an idle machine compiles
-#: several times faster, and the issue's idle measurement gave compiled ~1.9x eager bf16). At the
-#: ~1,500-2,000 images/s of eager bf16 smallcnn on 2 idle cores, halving the forward saves ~0.25-0.3 ms per
-#: image, so even a 60 s compile needs ~200,000 images to pay for itself: large index builds only, never a
-#: query, a verification or an evaluation. Below the threshold eager mode is used.
+#: is paid once per process and can be long (smallcnn, 64 px, on this project's 2-core machine under load:
+#: 424 s for the first, cold compilation; 20-45 s later with Inductor's on-disk cache warm). The compiled
+#: forward then ran ~1.4x eager bf16 at 64 px and no faster at 32 px (docs/speed.md). At the ~1,500-2,000
+#: images/s of eager bf16 smallcnn on 2 idle cores, a 1.4-2x faster forward saves ~0.15-0.3 ms per image,
+#: so a compile of a minute or more needs ~200,000 images to pay for itself: large index builds only,
+#: never a query, a verification or an evaluation. Below the threshold eager mode is used.
 COMPILE_MIN_IMAGES = 200_000
 
 
