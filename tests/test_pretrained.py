@@ -69,13 +69,13 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
 
 
 def _fine_tune(tmp_path, backbone: str, input_size: int = 32):
-    """Train briefly from a weights file; return (checkpoint, the file's reference model)."""
+    """Train briefly from a weights file with the faces preset; return (checkpoint, the file's reference model)."""
     from siamsearch.training.trainer import train
 
     data = make_identity_folders(tmp_path / "faces", n_ids=6, per_id=4, size=input_size, mode="RGB")
     path, ref = _weights_file(tmp_path, backbone)
     out = tmp_path / "ft.pt"
-    train(data, out, backbone=backbone, weights=str(path), input_size=input_size, in_channels=3, embedding_dim=16,
+    train(data, out, preset="faces", backbone=backbone, weights=str(path), input_size=input_size, in_channels=3, embedding_dim=16,
           epochs=1, batch_size=8, m_per_class=2, steps_per_epoch=2, lr=1e-4, val_fraction=0.34, seed=0,
           device="cpu", progress=False)
     return load_checkpoint(out), ref
@@ -92,6 +92,7 @@ def _distance_from_file(ck, ref, key: str) -> tuple[float, float]:
 
 def _check_started_from_file(tmp_path, backbone: str, key: str):
     ck, ref = _fine_tune(tmp_path, backbone)
+    assert ck.card["preset"] == "faces" and ck.config.backbone == backbone
     assert ck.card["hyperparameters"]["weights"].endswith(f"{backbone}.pth")
     moved, fresh = _distance_from_file(ck, ref, key)
     # two small steps move the weights a little away from the file; an unloaded file would leave them
