@@ -71,6 +71,9 @@ def _parse_crop(text):
 @seed_option("Seeds splits, samplers, augmentation and init.")
 @device_option
 @click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=0.2, help="Share of identities held out for validation.")
+@click.option("--val-data", type=click.Path(exists=True), default=None,
+              help="Validate on this separate labelled folder/dataset instead (then all of --data trains); "
+                   "use it when the data has few identities.")
 @workers_option(help="DataLoader worker processes.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run that wrote OUT.last.")
 @click.option("--max-minutes", type=click.FloatRange(0, min_open=True), default=None,
@@ -82,7 +85,7 @@ def _parse_crop(text):
 @json_option()
 def train(data, out, format_, split, preset, loss, backbone, weights, input_size, crop, resize, augmentation, channels,
           embedding_dim, embed_from, hflip, augment, singletons, epochs, batch_size, m_per_class, steps_per_epoch, lr,
-          margin, mining, seed, device, val_fraction, workers, resume, max_minutes, log_dir, as_json):
+          margin, mining, seed, device, val_fraction, val_data, workers, resume, max_minutes, log_dir, as_json):
     """Train an embedding model on a labelled dataset and write a checkpoint.
 
     Identities are split into class-disjoint train/validation parts; every
@@ -100,7 +103,7 @@ def train(data, out, format_, split, preset, loss, backbone, weights, input_size
         augmentation=augmentation, in_channels=int(channels) if channels else None, embedding_dim=embedding_dim,
         embed_from=embed_from, hflip=hflip, augment=augment, singletons=singletons, epochs=epochs,
         batch_size=batch_size, m_per_class=m_per_class, steps_per_epoch=steps_per_epoch, lr=lr, margin=margin,
-        mining=mining, seed=seed, device=device, val_fraction=val_fraction, workers=workers, resume=resume,
+        mining=mining, seed=seed, device=device, val_fraction=val_fraction, val_data=val_data, workers=workers, resume=resume,
         max_minutes=max_minutes, log_dir=log_dir, progress=not as_json,
     )
     if as_json:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -97,57 +96,105 @@ def save_checkpoint(
     return fp
 
 
+def _not_a_checkpoint(path: PathLike, why: str = "") -> CheckpointError:
+    """The one message for any file that is not a readable siamsearch checkpoint."""
+    detail = f" ({why})" if why else ""
+    return CheckpointError(
+        f"{path} is not a siamsearch checkpoint{detail}: it is corrupt, incomplete, or another kind of file. "
+        "Give the MODEL.pt written by `siamsearch train` (check the order of the arguments), or copy it again")
+
+
+#: Keys every checkpoint holds, and the type each must have.
+_REQUIRED = {"config": str, "state_dict": dict, "card": str, "fingerprint": str}
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)``, with every failure turned into a :class:`CheckpointError`."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "global" in str(e).lower() and "weights_only" in str(e).lower():
+            raise CheckpointError(
+                f"{path} carries pickled Python code, which siamsearch refuses to execute "
+                f"(weights-only loading). Only load checkpoints written by siamsearch."
+            ) from None
+        raise _not_a_checkpoint(path) from None
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - torch raises almost anything on foreign bytes
+        first = str(e).splitlines()[0][:120] if str(e) else ""
+        raise _not_a_checkpoint(path, f"{type(e).__name__}: {first}" if first else type(e).__name__) from None
+
+
 def _read(path: PathLike) -> dict:
     path = Path(path)
     if not path.exists():
         raise SiamsearchError(f"{path}: no such checkpoint; train one with `siamsearch train --data DIR --out {path}`")
     if path.is_dir():
         raise SiamsearchError(f"{path} is a folder; give the checkpoint file (MODEL.pt)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "global" not in str(e).lower():  # not a refused class/function: just bytes that are not a checkpoint
-            raise CheckpointError(f"{path} is corrupt or not a siamsearch checkpoint; re-train it or copy it again") from None
-        raise CheckpointError(
-            f"{path} carries pickled Python code, which siamsearch refuses to execute "
-            f"(weights-only loading). Only load checkpoints written by siamsearch."
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError) as e:
-        raise CheckpointError(
-            f"{path} is corrupt or not a siamsearch checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-            "re-train it or copy it again"
-        ) from None
+    obj = _torch_load(path)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(
-            f"{path} is a torch file but not a siamsearch checkpoint (no '{FORMAT}' marker); "
-            "train with `siamsearch train` or load backbone weights with `--weights`"
+            f"{path} is not a siamsearch checkpoint (a torch file without the '{FORMAT}' marker); "
+            "give the MODEL.pt written by `siamsearch train`, or load backbone weights with `--weights`"
         )
-    if int(obj.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer siamsearch (format {obj['format_version']}); upgrade siamsearch")
+    version = obj.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise _not_a_checkpoint(path, "format_version is not a number")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer siamsearch (format {version}); upgrade siamsearch")
+    for key, kind in _REQUIRED.items():
+        if not isinstance(obj.get(key), kind):
+            raise _not_a_checkpoint(path, f"'{key}' is missing or not a {kind.__name__}")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj["state_dict"].items()):
+        raise _not_a_checkpoint(path, "'state_dict' holds something other than named tensors")
+    if not isinstance(obj.get("calibration", ""), str):
+        raise _not_a_checkpoint(path, "'calibration' is not text")
     return obj
+
+
+def _parse(path: PathLike, obj: dict) -> tuple[ModelConfig, dict, Optional[dict]]:
+    """Config, card and calibration record of a checkpoint dict, or a :class:`CheckpointError`."""
+    try:
+        config = ModelConfig.from_json(obj["config"])
+        card = json.loads(obj["card"])
+        calibration = json.loads(obj["calibration"]) if obj.get("calibration") else None
+    except SiamsearchError as e:  # e.g. unknown config fields: written by a newer siamsearch
+        raise CheckpointError(f"{path}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - any malformed field means the file is damaged
+        raise CheckpointError(f"{path} is damaged ({type(e).__name__}: {e}); re-train it or copy it again") from None
+    if not isinstance(card, dict) or not (calibration is None or isinstance(calibration, dict)):
+        raise _not_a_checkpoint(path, "its card or calibration is not a record")
+    return config, card, calibration
 
 
 def load_checkpoint(path: PathLike, verify: bool = True) -> Checkpoint:
     """Read a checkpoint with ``weights_only=True``.
+
+    Any file that is not a complete siamsearch checkpoint (random bytes, a truncated copy, a
+    CSV, a zip, another program's torch file) raises :class:`CheckpointError` and never
+    another exception type.
 
     Raises:
         CheckpointError: pickled code, corrupt file, foreign file, or weights
             that no longer match the stored fingerprint.
     """
     obj = _read(path)
-    try:
-        config = ModelConfig.from_json(obj["config"])
-        card = json.loads(obj["card"])
-        calibration = json.loads(obj["calibration"]) if obj.get("calibration") else None
-        state = obj["state_dict"]
-        fp = obj["fingerprint"]
-    except (KeyError, json.JSONDecodeError, TypeError) as e:
-        raise CheckpointError(f"{path} is damaged: {type(e).__name__} {e}; re-train or copy it again") from None
-    if verify and compute_fingerprint(config, state) != fp:
-        raise CheckpointError(f"{path} is damaged: its weights do not match its fingerprint {fp}; re-train or copy it again")
+    config, card, calibration = _parse(path, obj)
+    state, fp = obj["state_dict"], obj["fingerprint"]
+    if verify:
+        try:
+            actual = compute_fingerprint(config, state)
+        except Exception as e:  # noqa: BLE001 - tensors that cannot be hashed are damaged ones
+            raise CheckpointError(f"{path} is damaged ({type(e).__name__}); re-train it or copy it again") from None
+        if actual != fp:
+            raise CheckpointError(
+                f"{path} is damaged: its weights do not match its fingerprint {fp}; re-train or copy it again")
+    head = obj.get("head_state", {})
+    resume = obj.get("resume")
     return Checkpoint(
         config=config, state_dict=state, card=card, fingerprint=fp, calibration=calibration,
-        head_state=obj.get("head_state", {}), resume=obj.get("resume"),
+        head_state=head if isinstance(head, dict) else {}, resume=resume if isinstance(resume, dict) else None,
     )
 
 

@@ -14,7 +14,7 @@ import torch
 from .checkpoint import Checkpoint, load_checkpoint
 from .config import ModelConfig
 from .distance import pair_distances
-from .errors import SiamsearchError, UnreadableImage
+from .errors import CheckpointError, SiamsearchError, UnreadableImage
 from .images import ImageLike, read_image
 from .inference import EmbeddedBatch, InferenceRunner, should_compile, stream_embeddings
 from .model import EmbeddingNet
@@ -101,11 +101,15 @@ class Embedder:
         self.calibration: Optional[dict] = checkpoint.calibration
         self.path = None if path is None else os.fspath(path)
         self.device = resolve_device(device)
-        net = EmbeddingNet(self.config)
         try:
+            net = EmbeddingNet(self.config)
             net.load_state_dict(checkpoint.state_dict)
-        except RuntimeError as e:
-            raise SiamsearchError(f"checkpoint weights do not fit its own config ({str(e).splitlines()[0]}); re-train") from None
+        except SiamsearchError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a damaged config or weights: never a traceback
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CheckpointError(f"{path or 'the checkpoint'}: its weights do not fit its own config ({first}); "
+                                  "re-train it or copy it again") from None
         self.dim: int = int(net.output_dim)
         # Inference only: BatchNorm folded into the convolutions, channels_last memory format (faster with
         # oneDNN on CPU and tensor cores on CUDA); outputs equal the plain network's to ~1e-6.

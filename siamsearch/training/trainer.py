@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -38,6 +39,7 @@ from ..data.samplers import MPerClassBatchSampler, sample_pairs
 from ..data.splits import split_by_identity
 from ..metrics.identification import precision_at_1
 from ..metrics.verification import roc_auc
+from . import selection
 from .losses import LOSSES, check_mining, make_loss
 from .schedule import Plan, lr_factor, plan_run
 from .tblog import PROJECTOR_IMAGES, TensorBoardLog
@@ -114,17 +116,23 @@ def _embed(net: EmbeddingNet, ds: ImageDataset, device: torch.device, batch_size
 
 
 def _open_split(data, format: str, split: Optional[str], val_fraction: float, val_max_images: int,
-                seed: int) -> tuple:
-    """``(ds, train_ds, val_ds or None)``: identity-disjoint, seeded; validation capped at ``val_max_images``."""
+                seed: int, val_data: Optional[PathLike] = None) -> tuple:
+    """``(ds, train_ds, val_ds or None)``: identity-disjoint, seeded; validation capped at ``val_max_images``.
+    With ``val_data`` all of ``data`` trains and validation is that separate dataset."""
     ds = data if isinstance(data, ImageDataset) else open_dataset(data, format=format, split=split)
     if ds.num_identities < 2 or len(ds) < 4:
         raise SiamsearchError(f"{data}: need at least 2 identities and 4 images to train; found {ds.num_identities} and {len(ds)}")
-    if val_fraction > 0:
+    if val_fraction > 0 and val_data is None:
         train_idx, val_idx = split_by_identity(ds.identities, val_fraction, seed)
     else:
         train_idx, val_idx = np.arange(len(ds)), np.zeros(0, dtype=np.int64)
     train_ds = ds.subset(train_idx, reindex=True)
     val_ds = ds.subset(val_idx, reindex=True) if len(val_idx) else None
+    if val_data is not None:
+        val_ds = selection.open_validation(val_data, train_ds)
+    note = selection.validation_warning(val_ds.num_identities, len(val_ds)) if val_ds is not None else None
+    if note:
+        warnings.warn(note, selection.TrainingWarning, stacklevel=3)
     if val_ds is not None and len(val_ds) > val_max_images:
         keep = np.sort(np.random.default_rng(seed).choice(len(val_ds), val_max_images, replace=False))
         val_ds = val_ds.subset(keep, reindex=True)
@@ -223,6 +231,7 @@ def train(
     val_fraction: float = 0.2,
     val_pairs: int = 4000,
     val_max_images: int = 4000,
+    val_data: Optional[PathLike] = None,
     workers: int = 0,
     resume: bool = False,
     max_minutes: Optional[float] = None,
@@ -270,6 +279,10 @@ def train(
         val_fraction: share of identities held out for validation (0 disables it;
             then the last epoch is kept).
         val_pairs, val_max_images: size of the per-epoch validation.
+        val_data: validate on this separate labelled dataset instead of holding identities out of
+            ``data`` (then all of ``data`` trains). The kept epoch is chosen by
+            :func:`siamsearch.training.selection.is_better` (AUC, ties broken by the distance gap); a
+            :class:`~siamsearch.training.selection.TrainingWarning` says when validation is too small.
         workers: DataLoader worker processes.
         resume: continue the interrupted run whose state is in ``out + ".last"``.
         log_dir: write TensorBoard logs there (:mod:`siamsearch.training.tblog`).
@@ -284,7 +297,7 @@ def train(
         raise SiamsearchError("epochs must be >= 1")
     dev = resolve_device(device)
     _seed_everything(seed)
-    ds, train_ds, val_ds = _open_split(data, format, split, val_fraction, val_max_images, seed)
+    ds, train_ds, val_ds = _open_split(data, format, split, val_fraction, val_max_images, seed, val_data)
     values, config = resolve_recipe(
         ds, preset, seed, loss=loss, backbone=backbone, input_size=input_size, in_channels=in_channels,
         embedding_dim=embedding_dim, embed_from=embed_from, hflip=hflip, crop=crop, resize=resize,
@@ -295,6 +308,7 @@ def train(
     sampler.num_batches = plan.steps_per_epoch
     hyper = dict(values, crop=list(config.crop) if config.crop else None, epochs=plan.epochs,
                  steps_per_epoch=plan.steps_per_epoch, augment=augment, seed=seed, val_fraction=val_fraction,
+                 val_data=None if val_data is None else str(val_data),
                  val_pairs=val_pairs, weights=weights, max_minutes=max_minutes)
     hyper["mining"] = values["mining"] if values["loss"] == "triplet" else None
     card = {
@@ -433,7 +447,7 @@ def _run_epochs(state: _State, train_data: ImageDataset, sampler: MPerClassBatch
         log.epoch(int(state.scheduler.last_epoch), record)
         card.update(history=state.history)
         score = record.get("val_auc", float(epoch))
-        if score > state.best_score:
+        if selection.is_better(record, state.history[state.best_epoch - 1] if state.best_epoch else None):
             state.best_score, state.best_epoch = score, epoch
             card.update(best_epoch=epoch)
             save_checkpoint(out, state.config, state.net.state_dict(), card, head_state=state.criterion.state_dict())
