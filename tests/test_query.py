@@ -46,7 +46,7 @@ def test_query_json_matches_brute_force(setup):
     queries = [setup["people"] / "bob" / "img_1.png", setup["people"] / "dan" / "img_0.png"]
     r = CliRunner().invoke(main, ["query", *map(str, queries), "--index", str(setup["index"]), "-k", "4", "--json"])
     assert r.exit_code == 0, r.output
-    js = json.loads(r.stdout)
+    js = json.loads(r.stdout)["answers"]
     assert isinstance(js, list) and len(js) == 2
     truth = _brute_force(setup["model"], setup["gallery"], queries, 4)
     for item, q, (paths, labels, dist) in zip(js, queries, truth):
@@ -82,7 +82,7 @@ def test_open_set_unknown_for_absent_identity(setup):
     r = CliRunner().invoke(main, ["query", str(setup["people"] / "dan"), str(known[0]), "--index",
                                   str(setup["index"]), "--open-set", "--json"])
     assert r.exit_code == 0, r.output
-    assert [x["prediction"] for x in json.loads(r.stdout)] == [UNKNOWN] * len(dan) + ["cat"]
+    assert [x["prediction"] for x in json.loads(r.stdout)["answers"]] == [UNKNOWN] * len(dan) + ["cat"]
     txt = CliRunner().invoke(main, ["query", str(dan[0]), "--index", str(setup["index"]), "--open-set"]).output
     assert "unknown" in txt and "threshold from calibration" in txt
 
@@ -110,7 +110,7 @@ def test_model_mismatches_are_clear_errors(setup, tmp_path):
     r = runner.invoke(main, ["query", q, "--index", str(setup["index"])])
     assert r.exit_code == 2 and "--model" in r.output
     r = runner.invoke(main, ["query", q, "--index", str(setup["index"]), "--model", str(moved), "--json"])
-    assert r.exit_code == 0 and json.loads(r.stdout)[0]["prediction"] == "ann"
+    assert r.exit_code == 0 and json.loads(r.stdout)["answers"][0]["prediction"] == "ann"
     # another model now sits at the recorded path
     shutil.copy(other, setup["model"])
     r = runner.invoke(main, ["query", q, "--index", str(setup["index"])])

@@ -14,12 +14,23 @@ from .._version import __version__
 from ..core.errors import SiamsearchError
 
 
+def show_note(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for the CLI: a library warning becomes one line ``note: ...`` on stderr
+    (no source path, no code line), the way the demo shows them."""
+    text = " ".join(str(message).split())
+    click.secho(f"note: {text}", fg="yellow", err=True)
+
+
 class _Group(click.Group):
-    """A click group that turns SiamsearchError into a clean message and exit 2."""
+    """A click group that turns SiamsearchError into a clean message and exit 2, and warnings into notes."""
 
     def invoke(self, ctx: click.Context):
+        import warnings
+
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.showwarning = show_note
+                return super().invoke(ctx)
         except SiamsearchError as e:
             click.secho(f"Error: {e}", fg="red", err=True)
             sys.exit(2)

@@ -32,9 +32,11 @@ from .precision import precision_option
 @batch_size_option(default=128)
 @device_option
 @precision_option
+@click.option("--force", is_flag=True,
+              help="Replace a stored calibration that its data supports with one they do not (refused otherwise).")
 @json_option("Print the calibration record as JSON.")
 def calibrate(model, data, format_, split, rule, target_far, pairs, seed, out, include_training_identities,
-              batch_size, device, as_json):
+              batch_size, device, force, as_json):
     """Choose the distance threshold for `verify` and `query --open-set` from data.
 
     \b
@@ -42,20 +44,24 @@ def calibrate(model, data, format_, split, rule, target_far, pairs, seed, out, i
     ROC and picks the threshold by --rule (same iff distance <= threshold). The
     record (threshold, achieved FAR/TAR with 95% CIs, AUC, EER, pair counts,
     data digest, model fingerprint, date) is stored in the model, or in --out.
+    The record it replaces is kept in the new one's history and shown beside
+    it; a record its data supports is only replaced by an unsupported one
+    (too few impostor pairs or held-out identities) with --force.
 
     \b
     Examples:
       siamsearch calibrate --model model.pt --data heldout/
       siamsearch calibrate --model model.pt --data faces/ --rule eer --out model.calib.json
     """
-    from ..query.record import CalibrationWarning, describe
+    from ..query.record import CalibrationWarning, compare, describe
     from ..evaluation.calibrate import calibrate as run_calibrate
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)  # shown below from the record, once
         record = run_calibrate(model, data, format=format_, rule=rule, target_far=target_far, pairs=pairs, seed=seed,
                                out=out, split=split, include_training_identities=include_training_identities,
-                               batch_size=batch_size, device=device, progress=not as_json)
+                               batch_size=batch_size, device=device, progress=not as_json,
+                               force=force)
     if as_json:
         click.echo(json.dumps(record, indent=2, sort_keys=True))
     else:
@@ -64,5 +70,10 @@ def calibrate(model, data, format_, split, rule, target_far, pairs, seed, out, i
         for name, value in rows:
             click.echo(f"{name:<{width}}  {value}")
         click.echo(f"stored in {out or model}")
+        if record.get("previous_records"):
+            old = record["previous_records"][0]
+            click.echo(f"replaced the calibration of {old.get('created', '?')} (kept in previous_records):")
+            for name, a, b in [("", "before", "now")] + compare(old, record):
+                click.echo(f"  {name:<26}{a:<28}{b}")
     for w in record["warnings"]:
         click.secho(f"warning: {w}", fg="yellow", err=True)

@@ -1,10 +1,9 @@
 """`siamsearch verify`: same identity or not, for one pair or a CSV of pairs."""
 from __future__ import annotations
 
-import json
-
 import click
 
+from ..core.errors import SiamsearchError
 from .options import (batch_size_option, calibration_option, checkpoint_option, device_option, json_option,
                       workers_option)
 from .precision import precision_option
@@ -26,12 +25,14 @@ def _source_line(result) -> str:
               help="CSV with columns a,b[,is_same] (paths relative to the CSV's folder) to verify in batches.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
               help="With --pairs: write per-pair results (a,b,distance,is_same,expected,error) to this CSV.")
+@click.option("--sheet", default=None, type=click.Path(dir_okay=False),
+              help="Also draw the pair(s) into this PNG with the distance, threshold and decision (first 24 pairs).")
 @batch_size_option()
 @workers_option()
 @device_option
 @precision_option
 @json_option()
-def verify(images, model, threshold, calibration, pairs_csv, out, batch_size, workers, device, as_json):
+def verify(images, model, threshold, calibration, pairs_csv, out, sheet, batch_size, workers, device, as_json):
     """Are IMAGE_A and IMAGE_B the same identity? (or every pair of --pairs CSV)
 
     \b
@@ -44,6 +45,7 @@ def verify(images, model, threshold, calibration, pairs_csv, out, batch_size, wo
       siamsearch verify a.png b.png --model model.pt
       siamsearch verify a.png b.png --model model.pt --threshold 0.8 --json
       siamsearch verify --pairs pairs.csv --model model.pt --out results.csv
+      siamsearch verify a.png b.png --model model.pt --sheet pair.png
     """
     from ..core.embedder import load_model
     from ..query.verification import resolve_threshold, verify_pairs, write_pairs_csv
@@ -60,8 +62,13 @@ def verify(images, model, threshold, calibration, pairs_csv, out, batch_size, wo
         from ..query.verification import verify as run_verify
 
         result = run_verify(net, images[0], images[1], threshold=threshold, calibration=calibration)
+        if sheet is not None:
+            from ..query.sheets import verify_sheet
+
+            verify_sheet([(images[0], images[1], result.distance, result.is_same, None)], result.threshold,
+                         _source_line(result), sheet)
         if as_json:
-            click.echo(json.dumps(result.to_dict(), indent=2))
+            click.echo(result.to_json())
             return
         click.echo(f"{'SAME' if result.is_same else 'DIFFERENT'}: distance {result.distance:.4f} "
                    f"{'<=' if result.is_same else '>'} threshold {result.threshold:.4f}")
@@ -71,8 +78,16 @@ def verify(images, model, threshold, calibration, pairs_csv, out, batch_size, wo
                           workers=workers, progress=not as_json)
     if out is not None:
         write_pairs_csv(report, out)
+    if sheet is not None:
+        from pathlib import Path
+
+        from ..query.sheets import verify_sheet
+
+        base = Path(pairs_csv).parent
+        verify_sheet([(str(base / p.a), str(base / p.b), p.distance, p.is_same, p.expected) for p in report.pairs],
+                     report.threshold, _source_line(report), sheet)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        click.echo(report.to_json())
     else:
         n_same = sum(bool(p.is_same) for p in report.pairs)
         scored = len(report.pairs) - report.n_failed
@@ -92,3 +107,7 @@ def verify(images, model, threshold, calibration, pairs_csv, out, batch_size, wo
     for p in report.pairs:
         if p.error is not None:
             click.secho(f"warning: line {p.line}: not scored: {p.error}", fg="yellow", err=True)
+    if report.pairs and report.n_failed == len(report.pairs):
+        raise SiamsearchError(f"none of the {len(report.pairs)} pairs of {pairs_csv} could be scored (every one "
+                              "touches an unreadable or missing image; see the warnings above); check the paths, "
+                              "which are relative to the CSV's folder")

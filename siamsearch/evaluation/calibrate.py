@@ -25,6 +25,7 @@ ever applied to the model whose fingerprint it carries (:func:`check_record`).
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import warnings
 from pathlib import Path
@@ -35,12 +36,47 @@ import numpy as np
 from .._version import __version__
 from ..core.distance import pair_distances
 from ..core.errors import CheckpointError, SiamsearchError, check_fingerprint
-from ..query.record import (CI_METHOD, DECISION_RULE, FEW_IDENTITIES, RECORD_KIND, RECORD_VERSION, RULES,
-                            CalibrationWarning, binomial_ci)
 from ..core.files import PathLike, write_json_atomic
+from ..metrics.bootstrap import CLOPPER_PEARSON_METHOD, pairs_independent, subject_bootstrap_ci
+from ..query.record import (CI_METHOD, DECISION_RULE, FEW_IDENTITIES, RECORD_KIND, RECORD_VERSION, RULES,
+                            CalibrationWarning, binomial_ci, compare, is_supported, with_history)
+
+#: How a calibration's FAR/TAR intervals are computed when pairs share identities.
+CALIBRATION_CI_METHOD = ("95%: the wider of a percentile bootstrap over identities (pairs of one identity are "
+                         "correlated; ISO/IEC 19795-1) and the Clopper-Pearson interval on the pair counts")
+
+def rate_intervals(d: np.ndarray, s: np.ndarray, threshold: float, subjects: Optional[tuple],
+                   independent: bool, n_boot: int = 1000, seed: int = 0) -> tuple[list, list, str]:
+    """95% intervals of the FAR and TAR at ``threshold`` and the method used.
+
+    Independent pairs (or no identities given): Clopper-Pearson on the counts. Otherwise the
+    wider of the bootstrap over identities (pairs of one identity are correlated) and
+    Clopper-Pearson (the bootstrap cannot widen a rate of 0 that no pair contradicted).
+
+    Returns:
+        ``(far_ci95, tar_ci95, method)``.
+    """
+    accepted = d <= threshold
+    n_gen, n_imp = int(s.sum()), int((~s).sum())
+    fa, ta = int(accepted[~s].sum()), int(accepted[s].sum())
+    far_cp, tar_cp = binomial_ci(fa, n_imp), binomial_ci(ta, n_gen)
+    if subjects is None or independent or not n_boot:
+        method = CLOPPER_PEARSON_METHOD if independent else CI_METHOD
+        return list(far_cp), list(tar_cp), method
+
+    def stat(dd: np.ndarray, ss: np.ndarray) -> dict:
+        acc = dd <= threshold
+        return {"far": float(acc[~ss].mean()), "tar": float(acc[ss].mean())}
+
+    boot = subject_bootstrap_ci(d, s, subjects[0], subjects[1], stat, n_boot=n_boot, seed=seed)
+    far = [min(far_cp[0], boot["far"][0]), max(far_cp[1], boot["far"][1])]
+    tar = [min(tar_cp[0], boot["tar"][0]), max(tar_cp[1], boot["tar"][1])]
+    return far, tar, CALIBRATION_CI_METHOD
+
 
 def choose_threshold(distances: np.ndarray, is_same: np.ndarray, rule: str = "far",
-                     target_far: Optional[float] = 1e-3) -> dict:
+                     target_far: Optional[float] = 1e-3, subjects: Optional[tuple] = None,
+                     independent: bool = False, n_boot: int = 1000, seed: int = 0) -> dict:
     """Pick a threshold from pair distances by ``rule`` and describe it (no I/O, no model).
 
     Args:
@@ -48,6 +84,11 @@ def choose_threshold(distances: np.ndarray, is_same: np.ndarray, rule: str = "fa
         is_same: ``[P]`` bool, True for genuine pairs.
         rule: ``"far"``, ``"eer"`` or ``"max-accuracy"``.
         target_far: the FAR target for ``rule="far"`` (ignored by the other rules).
+        subjects: ``(subj_a [P], subj_b [P])`` identities of each pair's images: the FAR/TAR intervals
+            then account for identities shared between pairs (:func:`rate_intervals`); ``None``
+            treats the pairs as independent.
+        independent: the pairs share no image and no identity (Clopper-Pearson is then exact).
+        n_boot, seed: bootstrap replicates and seed for those intervals.
 
     Returns:
         The statistical part of a calibration record: ``threshold``, ``rule``, ``target_far``,
@@ -78,6 +119,7 @@ def choose_threshold(distances: np.ndarray, is_same: np.ndarray, rule: str = "fa
     accepted = d <= threshold
     n_gen, n_imp = int(s.sum()), int((~s).sum())
     fa, ta = int(accepted[~s].sum()), int(accepted[s].sum())
+    far_ci, tar_ci, method = rate_intervals(d, s, threshold, subjects, independent, n_boot, seed)
     if rule == "far":  # same point of the same ROC; a mismatch would be a bug in one of the two
         assert abs(fa / n_imp - summary[f"achieved_far@{verif.far_key(target_far)}"]) < 1e-12
     return {
@@ -86,13 +128,13 @@ def choose_threshold(distances: np.ndarray, is_same: np.ndarray, rule: str = "fa
         "rule": rule,
         "target_far": target_far,
         "far": fa / n_imp,
-        "far_ci95": list(binomial_ci(fa, n_imp)),
+        "far_ci95": far_ci,
         "tar": ta / n_gen,
-        "tar_ci95": list(binomial_ci(ta, n_gen)),
+        "tar_ci95": tar_ci,
         "false_accepts": fa,
         "true_accepts": ta,
         "accuracy": float(np.mean(accepted == s)),
-        "ci_method": CI_METHOD,
+        "ci_method": method,
         "auc": float(summary["auc"]),
         "eer": float(summary["eer"]),
         "eer_threshold": float(summary["eer_threshold"]),
@@ -141,34 +183,26 @@ def held_out_view(ds, card: dict, include_training_identities: bool = False) -> 
     return ds.subset(keep, reindex=False), n_excl, notes
 
 
-def _unique_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Indices of the first occurrence of each unordered pair ``{a, b}``, in input order."""
-    lo, hi = np.minimum(a, b), np.maximum(a, b)
-    _, first = np.unique(np.stack([lo, hi], axis=1), axis=0, return_index=True)
-    return np.sort(first)
-
-
 def calibration_pairs(model, ds, pairs: int, seed: int, batch_size: int = 128,
                       progress: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
     """Seeded balanced pairs over ``ds``'s identities and their distances under ``model``.
 
-    Pairs come from :func:`siamsearch.data.sample_pairs` (half genuine); repeated
-    unordered pairs (the sampler draws with replacement) are kept once, so the counts in
-    the record are distinct pairs. Only images that occur in a pair are embedded; pairs
-    touching an unreadable image are dropped and counted.
+    Pairs are distinct (:func:`siamsearch.evaluation.pairs_sampling.distinct_pairs`): every
+    distinct pair when the data allows no more than ``pairs``, else a seeded draw (half genuine).
+    Only images that occur in a pair are embedded; pairs touching an unreadable image are dropped
+    and counted.
 
     Returns:
         ``(distances [P] float64, is_same [P] bool, info)`` with ``info`` keys ``pairs_requested``,
-        ``pairs_repeated``, ``pairs_unreadable``, ``n_unreadable_images``, ``unreadable`` (first 20
-        ``{source, reason}``).
+        ``pairs_repeated`` (0: repeats are never drawn), ``possible_genuine``, ``possible_impostor``,
+        ``all_pairs``, ``pairs_unreadable``, ``n_unreadable_images``, ``unreadable`` (first 20
+        ``{source, reason}``), ``subjects`` (``(subj_a, subj_b)`` of the kept pairs) and
+        ``independent`` (no image or identity in two pairs).
     """
-    from ..data import sample_pairs
     from .evaluate import embed_dataset
+    from .pairs_sampling import distinct_pairs
 
-    a, b, is_same = sample_pairs(ds.identities, pairs, seed=seed)
-    first = _unique_pairs(a, b)
-    repeated = int(a.size - first.size)
-    a, b, is_same = a[first], b[first], is_same[first]
+    a, b, is_same, drawn = distinct_pairs(ds.identities, pairs, seed)
     used = np.unique(np.r_[a, b])
     emb, kept, failures = embed_dataset(model, ds.subset(used, reindex=False), batch_size=batch_size,
                                         progress=progress)
@@ -176,9 +210,16 @@ def calibration_pairs(model, ds, pairs: int, seed: int, batch_size: int = 128,
     row[used[kept]] = np.arange(kept.size)
     ok = (row[a] >= 0) & (row[b] >= 0)
     dist = pair_distances(emb[row[a[ok]]], emb[row[b[ok]]]).astype(np.float64)
+    a, b = a[ok], b[ok]
+    subjects = (ds.identities[a], ds.identities[b])
     info = {
         "pairs_requested": int(pairs),
-        "pairs_repeated": repeated,
+        "pairs_repeated": 0,
+        "possible_genuine": drawn["possible_genuine"],
+        "possible_impostor": drawn["possible_impostor"],
+        "all_pairs": drawn["all_pairs"],
+        "subjects": subjects,
+        "independent": pairs_independent(a, b, *subjects),
         "pairs_unreadable": int((~ok).sum()),
         "n_unreadable_images": len(failures),
         "unreadable": [{"source": s, "reason": r} for _, s, r in failures[:20]],
@@ -200,6 +241,38 @@ def store_record(record: dict, out: PathLike) -> None:
     from ..core.checkpoint import write_calibration
 
     write_calibration(out, record)
+
+
+def previous_record(out: PathLike) -> Optional[dict]:
+    """The calibration record stored at ``out`` now (a checkpoint's, or a ``.json`` record), else ``None``."""
+    out = Path(out)
+    if not out.is_file():
+        return None
+    if out.suffix.lower() == ".json":
+        try:
+            old = json.loads(out.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        return old if isinstance(old, dict) and old.get("kind") == RECORD_KIND else None
+    from ..core.checkpoint import load_checkpoint
+
+    return load_checkpoint(out, verify=False).calibration
+
+
+def refuse_weaker(old: Optional[dict], new: dict, out: PathLike, force: bool) -> None:
+    """Refuse to replace a supported record with an unsupported one unless ``force``.
+
+    Raises:
+        SiamsearchError: showing old beside new and how to go ahead anyway (``--force``).
+    """
+    if old is None or force or not is_supported(old) or is_supported(new):
+        return
+    rows = "\n".join(f"  {name:<26}{a:<28}{b}" for name, a, b in compare(old, new))
+    raise SiamsearchError(
+        f"{out} holds a calibration supported by its data, and this one is not (too few impostor pairs or "
+        f"held-out identities); it was NOT replaced:\n  {'':<26}{'stored':<28}new\n{rows}\n"
+        "Calibrate on more held-out identities, or pass --force to replace it anyway (the old record is kept "
+        "in the new one's previous_records)")
 
 
 def _check_out(out: Path, fingerprint: str) -> None:
@@ -234,6 +307,7 @@ def calibrate(
     batch_size: int = 128,
     device: str = "auto",
     progress: bool = False,
+    force: bool = False,
 ) -> dict:
     """Choose a verification threshold on held-out identities and store it with the model.
 
@@ -252,12 +326,15 @@ def calibrate(
         batch_size: images per forward pass.
         device: ``auto``, ``cpu`` or ``cuda``.
         progress: a tqdm bar on stderr while embedding.
+        force: replace a supported record at ``out`` with an unsupported one (refused otherwise).
 
     Returns:
-        The calibration record (a JSON-safe dict; see the module docstring and README).
+        The calibration record (a JSON-safe dict; see the module docstring and README). The record it
+        replaced, if any, is kept in its ``previous_records`` (newest first).
 
     Raises:
-        SiamsearchError: no held-out identity left, too few identities for pairs, bad rule/target.
+        SiamsearchError: no held-out identity left, too few identities for pairs, bad rule/target, or a
+            supported stored record that this unsupported one would replace (without ``force``).
         FingerprintMismatch: ``out`` is a checkpoint of another model.
 
     Warns:
@@ -296,7 +373,8 @@ def calibrate(
     if info["n_unreadable_images"]:
         notes.append(f"{info['n_unreadable_images']} unreadable image(s) skipped; {info['pairs_unreadable']} "
                      "pair(s) touching them dropped")
-    stats = choose_threshold(dist, is_same, rule=rule, target_far=target_far)
+    stats = choose_threshold(dist, is_same, rule=rule, target_far=target_far, subjects=info["subjects"],
+                             independent=info["independent"], seed=seed)
     if rule == "far" and not stats["target_supported"]:
         notes.append(
             f"only {stats['n_impostor']:,} impostor pairs: a FAR of {target_far:g} needs at least "
@@ -310,7 +388,8 @@ def calibrate(
         **stats,
         "n_pairs": stats["n_genuine"] + stats["n_impostor"],
         "seed": int(seed),
-        **{k: info[k] for k in ("pairs_requested", "pairs_repeated", "pairs_unreadable")},
+        **{k: info[k] for k in ("pairs_requested", "pairs_repeated", "pairs_unreadable", "possible_genuine",
+                                "possible_impostor", "all_pairs")},
         "data_digest": ds.digest(),
         "data": {
             "path": data_paths, "format": ds.format, "split": split, "n_images": len(ds),
@@ -325,6 +404,9 @@ def calibrate(
         "siamsearch_version": __version__,
         "warnings": notes,
     }
+    old = previous_record(out)
+    refuse_weaker(old, record, out, force)
+    record = with_history(record, old)
     for note in notes:
         warnings.warn(note, CalibrationWarning, stacklevel=2)
     store_record(record, out)

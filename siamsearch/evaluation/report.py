@@ -417,8 +417,9 @@ def render_html(metrics: dict, figs: dict[str, bytes], caps: dict[str, str]) -> 
         rows += [[f"dataset.{k}", v] for k, v in ds.items() if k != "unreadable"]
     parts.append("<h2>Settings</h2><div class='settings'>" + _table(["setting", "value"], rows) + "</div>")
     parts.append("<p style='font-size:.85em;color:#555'>Definitions: TAR/FAR at a threshold t count pairs with "
-                 "distance &lt;= t; CIs are 95% percentile bootstrap over pairs (genuine and impostor resampled "
-                 "separately); a FAR f is measurable only with at least 3/f impostor pairs. MAP@R and R-precision "
+                 "distance &lt;= t; CIs are 95% percentile bootstrap over identities (identities drawn with "
+                 "replacement, all their pairs or queries kept, as ISO/IEC 19795-1 does), unless a section names "
+                 "another method; a FAR f is measurable only with at least 3/f impostor pairs. MAP@R and R-precision "
                  "follow Musgrave et al. 2020; recall@k is the CMC at rank k. Every figure is in metrics.json.</p>")
     parts.append("</body></html>")
     return "\n".join(parts)

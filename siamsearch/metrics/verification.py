@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -336,8 +336,14 @@ def verification_metrics(
     n_folds: int = 10,
     n_boot: int = 1000,
     seed: int = 0,
+    subjects: Optional[tuple[np.ndarray, np.ndarray]] = None,
 ) -> dict:
     """Every verification figure with its 95% bootstrap CI and whether the data support it.
+
+    With ``subjects = (subj_a, subj_b)`` (``[P]`` identities of each pair's images) the intervals
+    come from the bootstrap over identities (:func:`siamsearch.metrics.bootstrap.subject_bootstrap_ci`);
+    without, from the bootstrap over pairs (:func:`bootstrap_ci`), which is too narrow when identities
+    repeat across pairs. ``ci_method`` names the one used.
 
     Returns:
         ``{"n_pairs", "n_genuine", "n_impostor", "auc": {"value", "ci95"}, "eer": {"value",
@@ -346,8 +352,17 @@ def verification_metrics(
         "min_impostor_pairs"}], "decision_rule": "distance <= threshold -> same", "n_boot", "seed"}``.
     """
     d, s = _check(distances, is_same)
+    from . import bootstrap as _boot
+
     point = verification_summary(d, s, fars)
-    ci = bootstrap_ci(d, s, lambda a, b: verification_summary(a, b, fars), n_boot=n_boot, seed=seed) if n_boot else {}
+    stat = lambda a, b: verification_summary(a, b, fars)  # noqa: E731
+    if not n_boot:
+        ci, method = {}, None
+    elif subjects is not None:
+        ci = _boot.subject_bootstrap_ci(d, s, subjects[0], subjects[1], stat, n_boot=n_boot, seed=seed)
+        method = _boot.SUBJECT_METHOD
+    else:
+        ci, method = bootstrap_ci(d, s, stat, n_boot=n_boot, seed=seed), _boot.PAIR_METHOD
     n_imp = int((~s).sum())
 
     def with_ci(key: str) -> list[float] | None:
@@ -379,6 +394,7 @@ def verification_metrics(
             for f in fars
         ],
         "n_boot": int(n_boot),
+        "ci_method": method,
         "seed": int(seed),
     }
 

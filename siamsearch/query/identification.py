@@ -21,6 +21,7 @@ fingerprint differs from the gallery's is refused.
 from __future__ import annotations
 
 import csv
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,16 +42,31 @@ def expand_queries(items: Sequence[PathLike]) -> list[str]:
     Raises:
         SiamsearchError: a path that does not exist, or nothing to query.
     """
-    out: list[str] = []
+    return [path for path, _ in expand_labelled_queries(items)]
+
+
+def expand_labelled_queries(items: Sequence[PathLike]) -> list[tuple[str, Optional[str]]]:
+    """Like :func:`expand_queries`, with each query's expected identity when a folder labels it.
+
+    A folder of identity folders labels its images the way datasets and galleries are labelled
+    (:func:`siamsearch.data.identity_of`: ``QUERIES/bob/2019/x.png`` is ``bob``); images directly
+    in a given folder, and single files, carry no label (``None``).
+
+    Returns:
+        ``[(path, expected identity or None)]`` in query order.
+    """
+    from ..data.identity import identity_of
+
+    out: list[tuple[str, Optional[str]]] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
             found = list_images(p)
             if not found:
                 raise SiamsearchError(f"{p} holds no images (looked for common image extensions, recursively)")
-            out.extend(os.fspath(f) for f in found)
+            out.extend((os.fspath(f), identity_of(f.relative_to(p))) for f in found)
         elif p.is_file():
-            out.append(os.fspath(p))
+            out.append((os.fspath(p), None))
         else:
             raise SiamsearchError(f"{p}: no such image or folder")
     if not out:
@@ -82,12 +98,14 @@ class QueryAnswer:
             threshold) or ``None`` (unreadable query, or an unlabelled gallery).
         neighbors: up to ``k`` :class:`Neighbor` sorted by distance.
         error: why the query could not be answered, else ``None``.
+        expected: the identity the query's folder names (folder queries), else ``None``.
     """
 
     query: str
     prediction: Optional[str]
     neighbors: tuple
     error: Optional[str] = None
+    expected: Optional[str] = None
 
     def __post_init__(self) -> None:
         d = [n.distance for n in self.neighbors]
@@ -102,6 +120,8 @@ class QueryAnswer:
         out = {"query": self.query, "prediction": self.prediction, "neighbors": [n.to_dict() for n in self.neighbors]}
         if self.error is not None:
             out["error"] = self.error
+        if self.expected is not None:
+            out["expected"] = self.expected
         return out
 
 
@@ -136,10 +156,41 @@ class IdentificationReport:
     threshold_source: Optional[str]
     gallery: str
     model_fingerprint: str
+    gallery_labels: frozenset = frozenset()
 
-    def to_json(self) -> list:
-        """``siamsearch query --json``: a list with one object per query."""
-        return [a.to_dict() for a in self.answers]
+    def summary(self) -> dict:
+        """Counts over the answers: ``queries``, ``answered`` (read and given neighbours), ``unknown``,
+        ``not_read``; for queries whose folder names their identity: ``labelled`` and ``correct``
+        (prediction equals that identity, or ``"unknown"`` for an identity the gallery does not hold)."""
+        read = [a for a in self.answers if a.error is None]
+        labelled = [a for a in read if a.expected is not None]
+        correct = sum(a.prediction == (a.expected if a.expected in self.gallery_labels or not self.open_set
+                                       else UNKNOWN) for a in labelled)
+        return {"queries": len(self.answers), "answered": len(read), "not_read": len(self.answers) - len(read),
+                "unknown": sum(a.prediction == UNKNOWN for a in read), "labelled": len(labelled),
+                "correct": int(correct) if labelled else None}
+
+    def summary_line(self) -> str:
+        """The summary as one line, e.g. ``12 queries: 12 answered (2 unknown), 0 not read; 9 of 10 labelled correct``."""
+        s = self.summary()
+        line = f"{s['queries']} queries: {s['answered']} answered"
+        line += f" ({s['unknown']} unknown)" if self.open_set else ""
+        line += f", {s['not_read']} not read"
+        if s["labelled"]:
+            line += f"; {s['correct']} of {s['labelled']} labelled queries correct ({s['correct'] / s['labelled']:.1%})"
+        return line
+
+    def to_dict(self) -> dict:
+        """The structure ``siamsearch query --json`` prints: ``answers`` (one object per query, see
+        :meth:`QueryAnswer.to_dict`), ``summary`` (:meth:`summary`) and the settings ``k``, ``open_set``,
+        ``threshold``, ``threshold_source``, ``gallery``, ``model_fingerprint``."""
+        return {"answers": [a.to_dict() for a in self.answers], "summary": self.summary(), "k": self.k,
+                "open_set": self.open_set, "threshold": self.threshold, "threshold_source": self.threshold_source,
+                "gallery": self.gallery, "model_fingerprint": self.model_fingerprint}
+
+    def to_json(self, indent: Optional[int] = 2) -> str:
+        """:meth:`to_dict` as JSON text (exactly what ``siamsearch query --json`` prints)."""
+        return json.dumps(self.to_dict(), indent=indent)
 
 
 def write_results_csv(report: IdentificationReport, out: PathLike) -> None:
@@ -214,16 +265,17 @@ def identify(
         queries: image files and/or folders of images.
         k: neighbours per query (capped at the gallery size).
         open_set: answer ``"unknown"`` when the nearest neighbour is farther than the threshold;
-            the threshold is ``threshold`` or the model's calibration (error when neither exists).
+            the threshold is ``threshold``, ``calibration`` or the model's calibration (error when none exists).
         threshold: an explicit open-set distance threshold in [0, 2]; giving it turns open set on.
+        calibration: a calibration record or a path to one, instead of the model's own; giving it turns
+            open set on too, and it is always checked (a file that is no record is an error).
         model: checkpoint path or Embedder when the gallery's recorded model has moved (must match).
-        calibration: a calibration record or a path to one, instead of the model's own.
         batch_size, workers: embedding batch size and image-decoding processes.
         device: for a model loaded here.
         progress: a tqdm bar (images) on stderr.
 
     Returns:
-        An :class:`IdentificationReport`; ``report.to_json()`` is the ``query --json`` list.
+        An :class:`IdentificationReport`; ``report.to_json()`` is the ``query --json`` text.
 
     Raises:
         FingerprintMismatch: model vs gallery, or calibration vs model.
@@ -235,21 +287,23 @@ def identify(
         raise SiamsearchError(f"-k must be at least 1; got {k}")
     gallery, embedder = open_gallery(index, model, device)
     source = None
-    if threshold is not None or open_set:
+    if threshold is not None or open_set or calibration is not None:  # each one asks for the open set
         threshold, source, _ = resolve_threshold(embedder, threshold, calibration)
         open_set = True
-    paths = expand_queries(queries)
+    labelled = expand_labelled_queries(queries)
+    paths = [p for p, _ in labelled]
     answers: list[QueryAnswer] = []
     for batch in embedder.embed_files(paths, batch_size=batch_size, workers=workers, progress=progress):
-        rows: dict[int, QueryAnswer] = {int(p): QueryAnswer(paths[int(p)], None, (), reason)
+        rows: dict[int, QueryAnswer] = {int(p): QueryAnswer(paths[int(p)], None, (), reason, labelled[int(p)][1])
                                         for p, reason in batch.failures}
         if len(batch.positions):
             res = gallery.search(batch.embeddings, k=k)
             for q, pos in enumerate(batch.positions.tolist()):
                 nbrs = tuple(Neighbor(rank=r + 1, path=res.paths[q][r], label=res.labels[q][r],
                                       distance=float(res.distances[q, r])) for r in range(res.k))
-                rows[pos] = QueryAnswer(paths[pos], predict(nbrs, threshold), nbrs)
+                rows[pos] = QueryAnswer(paths[pos], predict(nbrs, threshold), nbrs, expected=labelled[pos][1])
         answers.extend(rows[p] for p in sorted(rows))
     return IdentificationReport(answers=tuple(answers), k=int(k), open_set=bool(open_set), threshold=threshold,
                                 threshold_source=source, gallery=os.fspath(gallery.folder),
-                                model_fingerprint=embedder.fingerprint)
+                                model_fingerprint=embedder.fingerprint,
+                                gallery_labels=frozenset(map(str, gallery.label_names)))

@@ -16,6 +16,7 @@ Python API::
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -73,10 +74,13 @@ def resolve_threshold(model, threshold: Optional[float] = None,
         ``(threshold, source, record)``: source is ``"explicit"`` (record ``None``) or ``"calibration"``.
 
     Raises:
-        SiamsearchError: no threshold available (the message says how to get one), or out of range.
+        SiamsearchError: no threshold available (the message says how to get one), out of range, or both
+            ``threshold`` and ``calibration`` given.
         FingerprintMismatch: the record was made for another model.
     """
     where = f"model {model.path}" if getattr(model, "path", None) else "the model"
+    if threshold is not None and calibration is not None:
+        raise SiamsearchError("give either --threshold or --calibration, not both: each one sets the threshold")
     if threshold is not None:
         t = float(threshold)
         if not (math.isfinite(t) and 0.0 <= t <= 2.0):
@@ -136,6 +140,10 @@ class VerificationResult:
             "threshold_source": self.threshold_source,
             "calibration": None if self.calibration is None else _thaw(self.calibration),
         }
+
+    def to_json(self, indent: Optional[int] = 2) -> str:
+        """:meth:`to_dict` as JSON text (what ``siamsearch verify --json`` prints)."""
+        return json.dumps(self.to_dict(), indent=indent)
 
 
 def verify(model, a, b, threshold: Optional[float] = None, calibration: CalibrationLike = None) -> VerificationResult:
@@ -274,6 +282,10 @@ class PairsReport:
             "metrics": None if self.metrics is None else _thaw(self.metrics),
             "pairs": [p.to_dict() for p in self.pairs],
         }
+
+    def to_json(self, indent: Optional[int] = 2) -> str:
+        """:meth:`to_dict` as JSON text (what ``siamsearch verify --pairs ... --json`` prints)."""
+        return json.dumps(self.to_dict(), indent=indent)
 
 
 def _chunks(rows: Sequence[PairRow], size: int) -> Iterator[Sequence[PairRow]]:
