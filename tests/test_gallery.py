@@ -484,12 +484,11 @@ def test_default_out_is_index_slash_folder_name(tmp_path, tiny_model, identity_f
     assert (tmp_path / "index" / identity_folders.name / "gallery.h5").is_file()
 
 
-def test_empty_folder_builds_an_empty_gallery(tmp_path, tiny_model):
+def test_empty_folder_is_refused_at_build_time(tmp_path, tiny_model):
     (tmp_path / "empty").mkdir()
-    g = build(tmp_path / "empty", tiny_model, tmp_path / "gal")
-    assert len(g) == 0 and g.embeddings.shape == (0, 8)
-    with pytest.raises(SiamsearchError, match="no images"):
-        g.search(np.eye(8, dtype=np.float32)[:1], k=1)
+    with pytest.raises(SiamsearchError, match="holds no images"):  # not only at the first query (issue 16)
+        build(tmp_path / "empty", tiny_model, tmp_path / "gal")
+    assert not (tmp_path / "gal" / "gallery.h5").exists()
 
 
 def test_journal_of_another_model_is_discarded_and_folders_are_locked(tmp_path, tiny_model, identity_folders):

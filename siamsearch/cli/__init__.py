@@ -34,8 +34,8 @@ class _Group(click.Group):
         except SiamsearchError as e:
             click.secho(f"Error: {e}", fg="red", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("Interrupted; work written so far is kept.", err=True)
+        except KeyboardInterrupt as e:  # a GalleryInterrupted says exactly what was kept
+            click.echo(str(e) or "Interrupted; work written so far is kept.", err=True)
             sys.exit(130)
 
 

@@ -105,10 +105,14 @@ def build(image_dir, model, out, factory, batch_size, workers, device, labels, s
 @device_option
 @precision_option
 @strict_option
+@click.option("--allow-mass-removal", is_flag=True,
+              help="Let this update remove more than half of the gallery's images (refused otherwise: an "
+                   "unmounted or emptied folder looks like every file deleted).")
 @json_option("Print the update report as JSON.")
 @progress_option
 @_engine_options
-def update(gallery, model, batch_size, workers, device, strict, as_json, progress, engine, address):
+def update(gallery, model, batch_size, workers, device, strict, allow_mass_removal, as_json, progress, engine,
+           address):
     """Re-scan the gallery's image folder: embed new and changed files, drop removed ones.
 
     Also repairs a gallery whose faiss.index is missing, damaged or stale
@@ -117,7 +121,8 @@ def update(gallery, model, batch_size, workers, device, strict, as_json, progres
     from ..gallery.gallery import update_gallery
 
     report = update_gallery(gallery, model=model, batch_size=batch_size, workers=workers, device=device,
-                            strict=strict, progress=progress and not as_json, engine=engine, address=address)
+                            strict=strict, progress=progress and not as_json, engine=engine, address=address,
+                            allow_mass_removal=allow_mass_removal)
     _echo_report(report, as_json)
 
 

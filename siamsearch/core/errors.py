@@ -53,3 +53,10 @@ def check_fingerprint(expected: str, got: str, made: str, what: str, fix: str) -
     """
     if str(got) != str(expected):
         raise FingerprintMismatch(f"{made} model {expected}, but {what} is model {got}; {fix}")
+
+
+class GalleryInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a gallery build or update; the message says exactly what was kept.
+
+    A :class:`KeyboardInterrupt` (so it still stops the program); the CLI prints its message.
+    """

@@ -43,6 +43,7 @@ from .base import ACCEPTED_LAYOUTS, EntryBackend, ImageDataset, as_paths
 from .celeba import celeba_files, open_celeba
 from .idx import FASHION_MNIST_CLASSES, IDX_RE, idx_files, open_idx, read_idx  # noqa: F401  (re-exported)
 from .omniglot import dir_has_omniglot, omniglot_zips_in, open_omniglot, zip_has_omniglot
+from .identity import identity_of, loose_files_note
 
 __all__ = ["ACCEPTED_LAYOUTS", "FASHION_MNIST_CLASSES", "FORMATS", "detect_format", "open_celeba", "open_dataset",
            "open_folders", "open_idx", "open_omniglot", "read_idx"]
@@ -104,17 +105,17 @@ def open_folders(root: PathLike) -> ImageDataset:
     """Identity folders ``ROOT/<identity>/<images>``; ids follow the sorted folder names."""
     root = Path(root)
     files = list_images(root)
-    rels, idents, loose = [], [], 0
+    rels, idents, loose = [], [], []
     for f in files:
         rel = f.relative_to(root)
-        if len(rel.parts) < 2:
-            loose += 1
+        ident = identity_of(rel)  # the one rule: the first folder below the root (bob/2019/x.jpg is bob)
+        if ident is None:
+            loose.append(rel.as_posix())
             continue
         rels.append(str(rel))
-        idents.append(rel.parts[0])
+        idents.append(ident)
     if loose:
-        loose_note = (f"{root}: {loose} image file(s) lie directly in the dataset folder and belong to no "
-                      f"identity; they are ignored (put each identity's images in its own sub-folder)")
+        loose_note = loose_files_note(root, loose, "they belong to no identity and are ignored")
         warnings.warn(loose_note)
     if not rels:
         raise SiamsearchError(f"{root}: no images in identity sub-folders.\n{ACCEPTED_LAYOUTS}")

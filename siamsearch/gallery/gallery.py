@@ -94,7 +94,9 @@ class Gallery:
         Raises:
             FingerprintMismatch: ``out`` holds a gallery made by another model (use ``overwrite``).
             GalleryError: ``out`` holds a gallery of another folder, or is damaged (use ``overwrite``).
-            SiamsearchError: with ``strict``, when any file could not be read.
+            SiamsearchError: with ``strict``, when any file could not be read; a folder without images
+                (or none readable); a re-build that would remove more than half of ``out``'s images.
+            GalleryInterrupted: Ctrl-C; its message says what was kept.
         """
         source = Path(image_dir)
         if not source.is_dir():
@@ -177,7 +179,7 @@ class Gallery:
 
     def update(self, model: Any = None, batch_size: int = 64, workers: Optional[int] = None, device: str = "auto",
                strict: bool = False, progress: bool = True, engine: str = "local",
-               address: Optional[str] = None) -> BuildReport:
+               address: Optional[str] = None, allow_mass_removal: bool = False) -> BuildReport:
         """Re-scan the gallery's folder: embed new and changed files, drop removed ones, keep the rest.
 
         See :func:`update_gallery`; the model defaults to the one this gallery was opened with.
@@ -191,7 +193,7 @@ class Gallery:
         try:
             report = update_gallery(self.folder, model=model, batch_size=batch_size, workers=workers,
                                     device=device, strict=strict, progress=progress, engine=engine,
-                                    address=address)
+                                    address=address, allow_mass_removal=allow_mass_removal)
         except BaseException:
             self._file = _store.open_reader(self.folder)  # nothing was published: reopen as it was
             raise
@@ -368,7 +370,7 @@ class Gallery:
 
 def update_gallery(folder: PathLike, model: Any = None, batch_size: int = 64, workers: Optional[int] = None,
                    device: str = "auto", strict: bool = False, progress: bool = True, engine: str = "local",
-                   address: Optional[str] = None) -> BuildReport:
+                   address: Optional[str] = None, allow_mass_removal: bool = False) -> BuildReport:
     """Bring the gallery at ``folder`` in line with its image folder.
 
     New and changed files (other bytes by SHA-256; files whose size and mtime are
@@ -380,9 +382,14 @@ def update_gallery(folder: PathLike, model: Any = None, batch_size: int = 64, wo
         model: checkpoint path or Embedder; default the checkpoint recorded in the gallery.
             Its fingerprint must be the gallery's.
         engine, address: as for :meth:`Gallery.build` (``ray`` updates sharded galleries only).
+        allow_mass_removal: allow one update to remove more than half of the gallery's images
+            (refused otherwise: an unmounted drive looks like every file deleted).
 
     Raises:
         GalleryError: ``gallery.h5`` is missing or damaged, or the image folder is gone.
+        SiamsearchError: the update would remove more than half of the gallery (without
+            ``allow_mass_removal``); nothing is changed.
+        GalleryInterrupted: Ctrl-C; its message says what was kept.
         FingerprintMismatch: the model is not the one that built the gallery (both named).
     """
     folder = Path(folder)
@@ -400,7 +407,8 @@ def update_gallery(folder: PathLike, model: Any = None, batch_size: int = 64, wo
                                    "--overwrite`")
             scale = _Scale(engine, address, None, int(a.get("max_index_memory", 0)) or None)
             return _run(folder, source, embedder, old, a.get("requested_factory", "auto"), a.get("label_mode"),
-                        strict, batch_size, workers, progress, scale)
+                        strict, batch_size, workers, progress, scale,
+                        allow_mass_removal=allow_mass_removal)
         finally:
             old.close()
 
@@ -432,8 +440,10 @@ class _Scale:
 
 
 def _run(folder: Path, source: Path, embedder, old: Optional[GalleryReader], factory: str, labels: Optional[str],
-         strict: bool, batch_size: int, workers: Optional[int], progress: bool, scale: _Scale) -> BuildReport:
-    """Build or update in the gallery's format: HDF5 (:func:`sync`) or shards (:func:`sync_sharded`)."""
+         strict: bool, batch_size: int, workers: Optional[int], progress: bool, scale: _Scale,
+         allow_mass_removal: bool = False) -> BuildReport:
+    """Build or update in the gallery's format: HDF5 (:func:`sync`) or shards (:func:`sync_sharded`);
+    ``allow_mass_removal`` lifts the HDF5 sync's refusal to remove more than half of the gallery."""
     from .ondisk import parse_memory
 
     sharded = isinstance(old, ShardedReader) if old is not None else scale.sharded
@@ -444,7 +454,7 @@ def _run(folder: Path, source: Path, embedder, old: Optional[GalleryReader], fac
             raise GalleryError(f"{folder} is an HDF5 gallery (gallery.h5); --engine ray and --shard-size write the "
                                "sharded format: build it into another --out, or use --overwrite")
         return sync(folder, source, embedder, old, factory=factory, label_mode=labels, strict=strict,
-                    batch_size=batch_size, workers=workers, progress=progress)
+                    batch_size=batch_size, workers=workers, progress=progress, allow_mass_removal=allow_mass_removal)
     return sync_sharded(folder, source, embedder, old, factory, labels, strict, batch_size, workers, progress,
                         engine=scale.engine, address=scale.address, shard_size=scale.shard_size,
                         max_index_memory=parse_memory(scale.max_index_memory))

@@ -40,8 +40,18 @@ ROW_DATASETS = ("embeddings", "ids", "paths", "labels", "content_sha256", "mtime
 
 
 def rebuild_hint(folder: os.PathLike | str) -> str:
-    """The sentence every damaged-gallery error ends with."""
-    return (f"rebuild it with `siamsearch index build IMAGE_DIR --model MODEL.pt --out {folder} --overwrite` "
+    """The sentence every damaged-gallery error ends with: the rebuild command, with the image folder and
+    model the gallery's ``manifest.json`` records (placeholders only when it is unreadable too)."""
+    import json
+
+    source, model = "IMAGE_DIR", "MODEL.pt"
+    try:
+        manifest = json.loads((Path(folder) / "manifest.json").read_text(encoding="utf-8"))
+        source = str(manifest.get("source_dir") or source)
+        model = str((manifest.get("model") or {}).get("path") or model)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return (f"rebuild it with `siamsearch index build {source} --model {model} --out {folder} --overwrite` "
             f"(or delete {folder} and build again)")
 
 

@@ -1,6 +1,7 @@
 """The folder scan: which images a gallery's folder holds now, their size, mtime and label."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -9,6 +10,7 @@ import numpy as np
 
 from ..core.images import list_images
 from ..core.choices import LABEL_MODES  # noqa: F401  (defined once there, torch-free)
+from ..data.identity import identity_of, loose_files_note
 
 
 @dataclass
@@ -34,19 +36,25 @@ class Scan:
 
 
 def label_of(rel: str) -> str:
-    """The label of a relative path with ``--labels from-folder``: its folder (``""`` at the top)."""
-    return rel.rpartition("/")[0]
+    """The label of a relative path with ``--labels from-folder``: its identity by the one rule datasets
+    use too (:func:`siamsearch.data.identity.identity_of`: ``bob/2019/summer/x.jpg`` is ``bob``);
+    ``""`` for a file at the top of the folder."""
+    return identity_of(rel) or ""
 
 
 def scan_folder(source: Path, label_mode: Optional[str]) -> tuple[Scan, str]:
     """List the images below ``source`` and decide the label mode.
 
     Args:
-        label_mode: ``from-folder``, ``none``, or ``None``: from-folder when every image
-            sits in a subfolder and there are at least two subfolders.
+        label_mode: ``from-folder``, ``none``, or ``None``: from-folder when the images lie in at
+            least two identity sub-folders (images at the top of the folder then stay unlabelled,
+            with a warning naming them, instead of unlabelling the whole gallery).
 
     Returns:
         The :class:`Scan` and the label mode used.
+
+    Warns:
+        UserWarning: with labels from folders, for image files at the top of ``source``.
     """
     rels, sizes, mtimes, skipped = [], [], [], []
     for p in list_images(source):
@@ -66,8 +74,12 @@ def scan_folder(source: Path, label_mode: Optional[str]) -> tuple[Scan, str]:
         sizes.append(st.st_size)
         mtimes.append(st.st_mtime)
     if label_mode is None:
-        parents = {label_of(r) for r in rels}
-        label_mode = "from-folder" if rels and "" not in parents and len(parents) >= 2 else "none"
+        parents = {label_of(r) for r in rels} - {""}
+        label_mode = "from-folder" if len(parents) >= 2 else "none"
+    loose = [r for r in rels if not label_of(r)]
+    if label_mode == "from-folder" and loose:
+        warnings.warn(loose_files_note(source, loose, "they are indexed without a label (searchable, but never "
+                                                      "a prediction)"), stacklevel=3)
     labels = [label_of(r) for r in rels] if label_mode == "from-folder" else [""] * len(rels)
     return Scan(rels, np.asarray(sizes, "int64"), np.asarray(mtimes, "float64"), labels, skipped), label_mode
 

@@ -33,6 +33,7 @@ from ..core.images import sha256_file
 from . import ann as _ann
 from . import store as _store
 from .results import BuildReport
+from . import guards
 from .scan import Scan, same_stat, scan_folder
 from .store import GalleryReader, RowBlock
 
@@ -322,10 +323,13 @@ def reusable_index(folder: Path, old: GalleryReader, factory: str, n_live: int, 
 
 def sync(folder: Path, source: Path, embedder, old: Optional[GalleryReader], factory: str,
          label_mode: Optional[str], strict: bool, batch_size: int, workers: Optional[int],
-         progress: bool) -> BuildReport:
+         progress: bool, allow_mass_removal: bool = False) -> BuildReport:
     """Bring ``folder`` in line with the images of ``source`` (the shared core of build and update).
 
     ``old`` is the committed row store (``None`` for a first build); the caller holds the folder lock.
+    A first build of a folder without images, and a run that would remove more than half of the
+    gallery (without ``allow_mass_removal``), are refused (:mod:`siamsearch.gallery.guards`); Ctrl-C
+    raises :class:`~siamsearch.core.errors.GalleryInterrupted` saying what was kept.
     """
     t0 = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
@@ -339,12 +343,27 @@ def sync(folder: Path, source: Path, embedder, old: Optional[GalleryReader], fac
                            f"{_store.rebuild_hint(folder)}")
     mode = label_mode if old is None else old.attrs.get("label_mode", label_mode)
     scan, mode = scan_folder(source, mode)
+    if old is None:
+        guards.check_not_empty(source, len(scan.relpaths))
     pending = _store.PendingLog(folder, embedder.fingerprint, str(source), dim, mode)
     journal = journal_records(pending, scan.stat())  # rows recovered from an interrupted run
     plan = plan_sync(source, old, scan, mode, journal)
+    if old is not None:
+        guards.check_removal(folder, source, len(plan.live_row), len(plan.removed_rows), allow_mass_removal)
+    try:
+        return _embed_and_publish(folder, source, embedder, old, plan, pending, factory, strict, batch_size,
+                                  workers, progress, t0)
+    except KeyboardInterrupt:
+        published = None if old is None else len(plan.live_row)
+        raise guards.interrupted_message(folder, published, len(journal_records(pending, scan.stat()))) from None
+
+
+def _embed_and_publish(folder: Path, source: Path, embedder, old: Optional[GalleryReader], plan: Plan,
+                       pending: _store.PendingLog, factory: str, strict: bool, batch_size: int,
+                       workers: Optional[int], progress: bool, t0: float) -> BuildReport:
+    """Steps embed -> write -> index -> commit of :func:`sync`."""
     embedded, skipped = embed_missing(plan, source, embedder, pending, batch_size, workers, progress)
-    if plan.to_embed:
-        journal = journal_records(pending, plan.scan.stat())
+    journal = journal_records(pending, plan.scan.stat())
     # only files that need a row: a journal left by a run killed after its commit holds rows already stored
     journal = {r: loc for r, loc in journal.items() if r in plan.needed}
     skipped = sorted(plan.scan.skipped + skipped)
@@ -352,6 +371,10 @@ def sync(folder: Path, source: Path, embedder, old: Optional[GalleryReader], fac
         listing = "\n".join(f"  {p}: {r}" for p, r in skipped)
         raise SiamsearchError(f"--strict: {len(skipped)} file(s) could not be read, nothing was published "
                               f"(rows embedded so far are kept for the next run):\n{listing}")
+    if old is None and not journal:
+        raise SiamsearchError(f"none of the {len(plan.scan.relpaths) + len(plan.scan.skipped)} image files of {source} "
+                              "could be read, so there is nothing to index; nothing was published (see "
+                              "`siamsearch data check` for the reasons)")
     # a changed file loses its old row whether or not its new content could be read
     newly_deleted = plan.removed_rows + list(plan.replaced.values())
     if old is not None and _nothing_changed(folder, old, plan, journal, newly_deleted, skipped, factory):
