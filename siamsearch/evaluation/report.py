@@ -200,19 +200,30 @@ def _side_by_side(images: list, height: int = 96):
 
 
 def plot_grid(items: list[tuple[list, str]], title: str, per_row: int = 4) -> bytes:
-    """A grid of image pairs (or tuples), each with a caption above it."""
+    """A grid of image pairs (or tuples), each with a caption above it.
+
+    Rows are as tall as their images plus their caption lines (constrained layout), so a caption
+    never overlaps the row above; names in any script render with the fonts the machine has, a
+    character none of them has shows as ``?`` (:func:`siamsearch.query.sheets.drawable`).
+    """
+    from ..query.sheets import drawable, text_fonts
+
     plt = _plt()
     n = len(items)
     rows = max(1, -(-n // per_row))
-    fig, axes = plt.subplots(rows, per_row, figsize=(3.0 * per_row, 2.1 * rows), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, (images, caption) in zip(axes.ravel(), items):
-        ax.imshow(np.asarray(_side_by_side(images)))
-        ax.set_title(caption, fontsize=7.5)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return _png(fig)
+    lines = max((str(c).count("\n") + 1 for _, c in items), default=1)
+    families, _ = text_fonts()
+    with plt.rc_context({"font.family": list(families) or ["sans-serif"]}):
+        fig, axes = plt.subplots(rows, per_row, figsize=(3.0 * per_row, (1.5 + 0.16 * lines) * rows), squeeze=False,
+                                 layout="constrained")
+        fig.get_layout_engine().set(h_pad=0.06, hspace=0.08)
+        for ax in axes.ravel():
+            ax.axis("off")
+        for ax, (images, caption) in zip(axes.ravel(), items):
+            ax.imshow(np.asarray(_side_by_side(images)))
+            ax.set_title(drawable(caption), fontsize=7.5)
+        fig.suptitle(drawable(title), fontsize=10)
+        return _png(fig)
 
 
 def _short(s: str, n: int = 18) -> str:
