@@ -121,9 +121,8 @@ def _torch_load(path: Path) -> Any:
         raise _not_a_checkpoint(path) from None
     except (MemoryError, KeyboardInterrupt):
         raise
-    except Exception as e:  # noqa: BLE001 - torch raises almost anything on foreign bytes
-        first = str(e).splitlines()[0][:120] if str(e) else ""
-        raise _not_a_checkpoint(path, f"{type(e).__name__}: {first}" if first else type(e).__name__) from None
+    except Exception:  # noqa: BLE001 - torch raises almost anything on foreign bytes; its words do not help
+        raise _not_a_checkpoint(path) from None
 
 
 def _read(path: PathLike) -> dict:
