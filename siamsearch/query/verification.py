@@ -312,6 +312,8 @@ def _pair_metrics(d: np.ndarray, expected: np.ndarray, threshold: float) -> dict
         "false_accepts": fa,
         "false_rejects": fr,
         "auc": verif.roc_auc(d, expected) if n_gen and n_imp else None,
+        "ci_method": ("Clopper-Pearson exact binomial interval on the pair counts (95%); a pairs file names no "
+                      "identities, so the pairs are treated as independent: too narrow when people repeat"),
         "decision_rule": DECISION_RULE,
     }
 
