@@ -129,6 +129,7 @@ def test_lfw_protocol_against_sklearn_and_file_folds(tiny_model, lfw, tmp_path):
     d = _independent_distances(load_model(tiny_model), pl)
     v = m["verification"]
     assert v["n_genuine"] == 24 and v["n_impostor"] == 24
+    assert "over identities" in v["ci_method"]  # LFW names the people: intervals resample them (issue 16)
     assert v["auc"]["value"] == pytest.approx(roc_auc_score(pl.is_same, -d), abs=1e-6)
     cv = v["cv_accuracy"]
     assert cv["fold_source"] == "file" and cv["n_folds"] == 4 and cv["fold_sizes"] == [12] * 4

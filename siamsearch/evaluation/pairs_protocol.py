@@ -313,7 +313,7 @@ def _calibrated(calibration: Optional[dict], d: np.ndarray, s: np.ndarray) -> Op
 
 
 def pairs_metrics(distances, is_same, folds=None, n_folds: int = 10, seed: int = 0, n_boot: int = 1000,
-                  fars: Sequence[float] = verif.DEFAULT_FARS) -> dict:
+                  fars: Sequence[float] = verif.DEFAULT_FARS, subjects: Optional[tuple] = None) -> dict:
     """Every verification figure of the pairs protocol from distances on arrays.
 
     Args:
@@ -324,6 +324,8 @@ def pairs_metrics(distances, is_same, folds=None, n_folds: int = 10, seed: int =
         n_folds, seed: the seeded folds (when ``folds`` is ``None``) and the bootstrap's seed.
         n_boot: bootstrap replicates for the 95% intervals of AUC, EER and TAR@FAR (0: none).
         fars: FAR targets.
+        subjects: ``(identity_a [P], identity_b [P])`` when the file names people (LFW): the intervals
+            then come from the bootstrap over identities; ``None`` (CSV): over pairs (``ci_method`` says which).
 
     Returns:
         :func:`siamsearch.metrics.verification.verification_metrics`'s dict with
@@ -337,7 +339,7 @@ def pairs_metrics(distances, is_same, folds=None, n_folds: int = 10, seed: int =
     f = np.asarray(folds) if folds is not None else stratified_folds(s, n_folds, seed)
     k = int(np.unique(f).size)
     m = verif.verification_metrics(d, s, fars=fars, n_folds=min(k, int(s.sum()), int((~s).sum())),
-                                   n_boot=n_boot, seed=seed)
+                                   n_boot=n_boot, seed=seed, subjects=subjects)
     cv = fold_accuracy(d, s, f)
     cv.update({"fold_source": source, "seed": int(seed) if source == "seeded" else None})
     m["cv_accuracy"] = cv
@@ -406,7 +408,9 @@ def evaluate_pairs(
     if n_skipped:
         warnings.append(f"{n_skipped} of {len(plist)} pairs were skipped: {len(missing)} images missing, "
                         f"{len(failures)} unreadable (listed in metrics.json)")
-    m = pairs_metrics(dist, scored.is_same, scored.folds, n_folds=n_folds, seed=seed, n_boot=n_boot)
+    subjects = None if scored.identity_a is None else (np.asarray(scored.identity_a), np.asarray(scored.identity_b))
+    m = pairs_metrics(dist, scored.is_same, scored.folds, n_folds=n_folds, seed=seed, n_boot=n_boot,
+                      subjects=subjects)
     for row in m["tar_at_far"]:
         if not row["supported"]:
             warnings.append(f"TAR@FAR={row['far']:g} is not supported by {m['n_impostor']:,} impostor pairs "
