@@ -111,3 +111,18 @@ def test_damaged_gallery_message_names_the_real_folder(tmp_path, tiny_model):
         Gallery.open(tmp_path / "gal")
     assert f"siamsearch index build {src.resolve()} --model {tiny_model}" in str(e.value)
     assert "IMAGE_DIR" not in str(e.value)
+
+
+def test_sharded_gallery_is_guarded_too(tmp_path, tiny_model):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SiamsearchError, match="holds no images"):
+        Gallery.build(tmp_path / "empty", tiny_model, out=tmp_path / "e", workers=0, progress=False, shard_size=8)
+    src = make_identity_folders(tmp_path / "imgs", n_ids=2, per_id=4)
+    Gallery.build(src, tiny_model, out=tmp_path / "sh", workers=0, progress=False, shard_size=4).close()
+    for p in list((src / "id_0").iterdir()) + list((src / "id_1").iterdir())[:1]:
+        p.unlink()  # 5 of 8 gone
+    g = Gallery.open(tmp_path / "sh")
+    with pytest.raises(SiamsearchError, match="5 of the 8 images"):
+        g.update(progress=False, workers=0)
+    assert g.update(progress=False, workers=0, allow_mass_removal=True).removed == 5
+    g.close()

@@ -443,7 +443,7 @@ def _run(folder: Path, source: Path, embedder, old: Optional[GalleryReader], fac
          strict: bool, batch_size: int, workers: Optional[int], progress: bool, scale: _Scale,
          allow_mass_removal: bool = False) -> BuildReport:
     """Build or update in the gallery's format: HDF5 (:func:`sync`) or shards (:func:`sync_sharded`);
-    ``allow_mass_removal`` lifts the HDF5 sync's refusal to remove more than half of the gallery."""
+    ``allow_mass_removal`` lifts the refusal to remove more than half of the gallery."""
     from .ondisk import parse_memory
 
     sharded = isinstance(old, ShardedReader) if old is not None else scale.sharded
@@ -457,4 +457,4 @@ def _run(folder: Path, source: Path, embedder, old: Optional[GalleryReader], fac
                     batch_size=batch_size, workers=workers, progress=progress, allow_mass_removal=allow_mass_removal)
     return sync_sharded(folder, source, embedder, old, factory, labels, strict, batch_size, workers, progress,
                         engine=scale.engine, address=scale.address, shard_size=scale.shard_size,
-                        max_index_memory=parse_memory(scale.max_index_memory))
+                        max_index_memory=parse_memory(scale.max_index_memory), allow_mass_removal=allow_mass_removal)

@@ -29,6 +29,7 @@ from ..core.errors import GalleryError, SiamsearchError
 from ..core.files import atomic_path, write_json_atomic
 from ..core.images import sha256_file
 from . import ann as _ann
+from . import guards
 from . import ondisk
 from . import shards as _sh
 from . import store as _store
@@ -129,8 +130,12 @@ def _shard_number(name: str) -> int:
 def sync_sharded(folder: Path, source: Path, embedder, old: Optional[_sh.ShardedReader], factory: str,
                  label_mode: Optional[str], strict: bool, batch_size: int, workers: Optional[int], progress: bool,
                  engine: str = "local", address: Optional[str] = None, shard_size: Optional[int] = None,
-                 max_index_memory: Optional[int] = None) -> BuildReport:
+                 max_index_memory: Optional[int] = None, allow_mass_removal: bool = False) -> BuildReport:
     """Bring the sharded gallery ``folder`` in line with ``source``; the caller holds the folder lock.
+
+    Like :func:`~siamsearch.gallery.sync.sync`, a first build of a folder without images and a run that
+    would remove more than half of the gallery (without ``allow_mass_removal``) are refused
+    (:mod:`siamsearch.gallery.guards`).
 
     Args:
         engine: ``local`` or ``ray``. address: Ray cluster (``auto``, ``HOST:PORT``; default: start one).
@@ -149,9 +154,13 @@ def sync_sharded(folder: Path, source: Path, embedder, old: Optional[_sh.Sharded
                            f"{_store.rebuild_hint(folder)}")
     mode = label_mode if old is None else old.attrs.get("label_mode", label_mode)
     scan, mode = scan_folder(source, mode)
+    if old is None:
+        guards.check_not_empty(source, len(scan.relpaths))
     journal = ShardJournal(folder, embedder.fingerprint, str(source), dim, mode)
     published = {s.file for s in old.shards} if old is not None else set()
     plan = plan_sync(source, old, scan, mode, journal.records(scan.stat(), published))
+    if old is not None:
+        guards.check_removal(folder, source, len(plan.live_row), len(plan.removed_rows), allow_mass_removal)
     next_id = old.n_rows if old is not None else 0
     next_shard = 1 + max([_shard_number(f) for f in published] + [-1])
     tasks = journal.tasks(plan.to_embed, int(shard_size or SHARD_SIZE), next_id, next_shard)
