@@ -315,7 +315,10 @@ class GalleryHandle:
         try:
             _apply(journal)
             _crash_point("moved")
-            update_gallery(self.folder, model=self.model, workers=0, progress=False)
+            # an explicit removal may take most of a small gallery: the mass-removal guard is for folders
+            # that vanish, not for deletions asked for by name
+            update_gallery(self.folder, model=self.model, workers=0, progress=False,
+                           allow_mass_removal=journal.get("op") == "remove")
         except BaseException:
             _undo(journal)
             (self.folder / JOURNAL_NAME).unlink(missing_ok=True)
@@ -343,7 +346,8 @@ class GalleryHandle:
                     journal = None
                 if journal is not None:
                     _apply(journal)
-                    update_gallery(self.folder, model=self.model, workers=0, progress=False)
+                    update_gallery(self.folder, model=self.model, workers=0, progress=False,
+                                   allow_mass_removal=journal.get("op") == "remove")
                     done = "replayed"
                 path.unlink(missing_ok=True)
             g = Gallery.open(self.folder, model=self.model)
