@@ -176,7 +176,10 @@ def test_cli_build_info_query_on_sharded_gallery(tmp_path, tiny_model):
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["rows"] == 30  # stdout is clean JSON (Faiss's on-disk messages silenced)
     res = runner.invoke(main, ["index", "info", str(out), "--json"])
-    assert res.exit_code == 0 and json.loads(res.output)["size"] == 30
+    info = json.loads(res.output)
+    assert res.exit_code == 0 and info["size"] == 30
+    shards = {k: v for k, v in info["files"].items() if k.startswith("shards/")}
+    assert len(shards) == 4 and info["disk_bytes"] > sum(shards.values()) > 0  # shards counted in the disk size
     res = runner.invoke(main, ["query", str(src / "id_1" / "img_0.png"), "--index", str(out), "-k", "3", "--json"])
     assert res.exit_code == 0, res.output
     assert "id_1/img_0.png" in res.output

@@ -31,7 +31,7 @@ from .results import BuildReport, SearchResult
 from .scan import LABEL_MODES
 from .store import GalleryReader
 from .sharded import load_sharded_index, sync_sharded
-from .shards import STORE_NAME, ShardedReader
+from .shards import SHARDS_DIR, STORE_NAME, ShardedReader
 from .sync import default_workers, json_or_raw, load_index, sync
 from ..core.files import PathLike
 
@@ -344,6 +344,8 @@ class Gallery:
             counts = {(names[v] if v >= 0 else "(none)"): int(c) for v, c in zip(values.tolist(), n.tolist())}
         files = {p.name: p.stat().st_size for p in sorted(self.folder.iterdir()) if p.is_file()
                  and not p.name.startswith(".")}
+        files.update({f"{SHARDS_DIR}/{p.name}": p.stat().st_size  # a sharded gallery's Parquet shards
+                      for p in sorted((self.folder / SHARDS_DIR).glob("*.parquet"))})
         pending = self.folder / _store.PENDING_NAME
         return {
             "folder": str(self.folder),
