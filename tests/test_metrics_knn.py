@@ -63,3 +63,24 @@ def test_identical_vector_is_at_distance_zero():
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     d2, ids = exact_knn(x[[5, 2999]], x, 3)
     assert ids[:, 0].tolist() == [5, 2999] and (d2[:, 0] == 0).all()
+
+
+def test_many_neighbours_of_long_vectors_stay_memory_bounded():
+    """MAP@R asks for k ~ R neighbours: the winners' differences [queries, k, d] must be batched too
+    (unbatched, this case allocates 1,000 x 500 x 128 floats = 256 MB at once; a Fashion-MNIST
+    benchmark with 1,024-d embeddings and R ~ 1,000 reached 23 GB)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1000, 128)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        d2, ids = exact_knn(x, x, 500)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 150 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+    full = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    expect = np.sort(full, axis=1)[:, :500]
+    np.testing.assert_allclose(d2, expect, rtol=1e-4, atol=1e-3)
+    assert (ids[:, 0] == np.arange(1000)).all()

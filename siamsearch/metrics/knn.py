@@ -125,7 +125,10 @@ def exact_knn(queries, database: Union[np.ndarray, Blocks], k: int, ids: Optiona
         if not len(bids):
             continue
         half = 0.5 * (np.einsum("ij,ij->i", x, x) if norms is None else np.asarray(norms, np.float32))  # [n]
-        qb = max(1, min(len(q), SCORE_BUDGET // len(bids)))
+        # bound both the scores [qb, n] and the winners' differences [qb, k, d] by SCORE_BUDGET elements
+        # (MAP@R asks for k ~ R, e.g. 1,000 neighbours of 1,024-d embeddings)
+        winners = min(k, len(bids)) * x.shape[1]
+        qb = max(1, min(len(q), SCORE_BUDGET // len(bids), (SCORE_BUDGET // 4) // winners))
         for s0 in range(0, len(q), qb):
             s = q[s0:s0 + qb] @ x.T  # [b, n]: q.x - |x|^2 / 2 ranks like -|q - x|^2 / 2
             s -= half
