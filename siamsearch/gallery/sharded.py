@@ -35,8 +35,8 @@ from . import shards as _sh
 from . import store as _store
 from .engines import ENGINES, RaySession, ShardResult, ShardTask, run_local, run_ray
 from .results import BuildReport
-from .scan import same_stat, scan_folder
-from .sync import Plan, store_attrs, gallery_manifest, default_workers, json_or_raw, label_codes, plan_sync
+from .scan import same_stat
+from .sync import Plan, scan_source, store_attrs, gallery_manifest, default_workers, json_or_raw, label_codes, plan_sync
 
 #: Images per shard when none is given.
 SHARD_SIZE = 100_000
@@ -148,14 +148,7 @@ def sync_sharded(folder: Path, source: Path, embedder, old: Optional[_sh.Sharded
     (folder / _sh.SHARDS_DIR).mkdir(exist_ok=True)
     _store.remove_stale_temps(folder)
     _store.remove_stale_temps(folder / _sh.SHARDS_DIR)
-    dim = embedder.dim
-    if old is not None and old.dim != dim:
-        raise GalleryError(f"{folder} holds {old.dim}-d embeddings but the model makes {dim}-d; "
-                           f"{_store.rebuild_hint(folder)}")
-    mode = label_mode if old is None else old.attrs.get("label_mode", label_mode)
-    scan, mode = scan_folder(source, mode)
-    if old is None:
-        guards.check_not_empty(source, len(scan.relpaths))
+    dim, scan, mode = scan_source(folder, source, old, embedder.dim, label_mode)
     journal = ShardJournal(folder, embedder.fingerprint, str(source), dim, mode)
     published = {s.file for s in old.shards} if old is not None else set()
     plan = plan_sync(source, old, scan, mode, journal.records(scan.stat(), published))

@@ -94,6 +94,25 @@ class Plan:
         return len(self.scan.relpaths) + len(self.scan.skipped)
 
 
+def scan_source(folder: Path, source: Path, old: Optional[GalleryReader], dim: int,
+                label_mode: str) -> tuple[int, Scan, str]:
+    """The first step of every sync (HDF5 or sharded): refuse a model whose embedding length is not the
+    gallery's, scan ``source`` with the gallery's label mode (a new gallery: ``label_mode``), and refuse a
+    first build of a folder without images.
+
+    Returns:
+        ``(dim, scan, mode)``: the embedding length, the folder scan and the label mode it used.
+    """
+    if old is not None and old.dim != dim:
+        raise GalleryError(f"{folder} holds {old.dim}-d embeddings but the model makes {dim}-d; "
+                           f"{_store.rebuild_hint(folder)}")
+    mode = label_mode if old is None else old.attrs.get("label_mode", label_mode)
+    scan, mode = scan_folder(source, mode)
+    if old is None:
+        guards.check_not_empty(source, len(scan.relpaths))
+    return dim, scan, mode
+
+
 def plan_sync(source: Path, old: Optional[GalleryReader], scan: Scan, label_mode: str, journal: dict) -> Plan:
     """Classify every file of ``scan`` against the committed rows and the journal (``relpath -> record``)."""
     rows = OldRows.of(old)
@@ -337,14 +356,7 @@ def sync(folder: Path, source: Path, embedder, old: Optional[GalleryReader], fac
     if batch_size < 1:
         raise SiamsearchError(f"batch size must be at least 1, got {batch_size}")
     workers = default_workers() if workers is None else int(workers)
-    dim = embedder.dim
-    if old is not None and old.dim != dim:
-        raise GalleryError(f"{folder} holds {old.dim}-d embeddings but the model makes {dim}-d; "
-                           f"{_store.rebuild_hint(folder)}")
-    mode = label_mode if old is None else old.attrs.get("label_mode", label_mode)
-    scan, mode = scan_folder(source, mode)
-    if old is None:
-        guards.check_not_empty(source, len(scan.relpaths))
+    dim, scan, mode = scan_source(folder, source, old, embedder.dim, label_mode)
     pending = _store.PendingLog(folder, embedder.fingerprint, str(source), dim, mode)
     journal = journal_records(pending, scan.stat())  # rows recovered from an interrupted run
     plan = plan_sync(source, old, scan, mode, journal)
