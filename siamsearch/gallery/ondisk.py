@@ -10,9 +10,11 @@ The index of a sharded gallery never holds all vectors in the building process:
    across all shards (:meth:`ShardSource.sample`), and saved empty as ``faiss.trained.index``;
 3. each shard is added to its own copy of the trained index, with its global ids,
    and written to a part file;
-4. the parts' inverted lists are merged into one ``faiss.<generation>.ivfdata`` file
-   (Faiss ``OnDiskInvertedLists.merge_from_multiple``, what ``faiss.contrib.ondisk.merge_ondisk``
-   does), read memory-mapped, so memory stays at about one shard plus the quantizer.
+4. the parts' inverted lists are merged into one ``faiss.<generation>.ivfdata`` file, the file
+   Faiss ``OnDiskInvertedLists.merge_from_multiple`` (``faiss.contrib.ondisk.merge_ondisk``) writes,
+   but streamed a run of lists at a time with ``pread``/``pwrite`` (:func:`merge`), so memory stays at
+   about one shard plus the quantizer while building and two small buffers while merging; the
+   merged index reads its lists memory-mapped.
 
 An update merges the committed index with parts for the new shards only (no re-training).
 """
@@ -42,6 +44,9 @@ TRAIN_PER_LIST = 40
 MAX_TRAIN = 1 << 20
 #: Upper bound on inverted lists (4 sqrt(1e9) is about 2^17).
 MAX_LISTS = 1 << 18
+#: Bytes of inverted lists the merge holds in memory at once (one run of lists, read from the inputs and
+#: written out); the merging process's memory is about twice this, not the index.
+MERGE_BUFFER_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -175,32 +180,145 @@ def write_parts(trained_path: Path, blocks: Iterable[tuple[int, np.ndarray, np.n
     return parts
 
 
+@dataclass
+class _Lists:
+    """Where one input's inverted lists lie: ``sizes``, ``capacities`` and byte ``offsets`` (each ``[nlist]``)
+    in ``path``, or ``path`` None for lists held in memory (``invlists``)."""
+
+    invlists: object
+    sizes: np.ndarray
+    capacities: np.ndarray
+    offsets: np.ndarray
+    path: Optional[str]
+
+
+def _lists_of(index: faiss.Index, path: Optional[str]) -> _Lists:
+    """The lists of an IVF index read memory-mapped (a part) or on disk (a merged index)."""
+    il = faiss.extract_index_ivf(index).invlists
+    od = faiss.downcast_InvertedLists(il)
+    nlist = il.nlist
+    if not isinstance(od, faiss.OnDiskInvertedLists):
+        sizes = np.array([il.list_size(j) for j in range(nlist)], dtype=np.int64)
+        return _Lists(il, sizes, sizes, np.zeros(nlist, np.int64), None)
+    rows = np.array([(v.size, v.capacity, v.offset) for v in (od.lists.at(j) for j in range(nlist))],
+                    dtype=np.uint64).reshape(nlist, 3).astype(np.int64)  # empty lists have offset -1
+    return _Lists(None, rows[:, 0], rows[:, 1], rows[:, 2], path or od.filename)
+
+
+def _read_exact(fd: int, buf: np.ndarray, offset: int) -> None:
+    view, done = memoryview(buf).cast("B"), 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got <= 0:
+            raise SiamsearchError(f"an index part ended early (at byte {offset + done}); rebuild with --overwrite")
+        done += got
+
+
+def _write_exact(fd: int, buf: np.ndarray, offset: int) -> None:
+    view, done = memoryview(buf).cast("B"), 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+
+
+def _read_run(src: _Lists, fd: Optional[int], a: int, b: int, cs: int) -> list:
+    """``[(codes, ids)]`` of lists ``a:b`` of ``src`` as uint8 arrays (``size * cs`` and ``size * 8`` bytes)."""
+    n = src.sizes[a:b]
+    if fd is None:  # lists in memory
+        return [(faiss.rev_swig_ptr(src.invlists.get_codes(j), int(k) * cs).copy(),
+                 faiss.rev_swig_ptr(src.invlists.get_ids(j), int(k)).view(np.uint8).copy()) if k else None
+                for j, k in zip(range(a, b), n)]
+    full = np.flatnonzero(n)
+    if not len(full):
+        return [None] * (b - a)
+    off, cap = src.offsets[a:b], src.capacities[a:b]
+    lo, hi = int(off[full].min()), int((off[full] + cap[full] * (cs + ID_BYTES)).max())
+    packed = bool(np.all(n[full] == cap[full])) and hi - lo == int((n * (cs + ID_BYTES)).sum())
+    out = []
+    if packed:  # the usual layout (parts, merged lists): one read for the run
+        buf = np.empty(hi - lo, np.uint8)
+        _read_exact(fd, buf, lo)
+    for j, k in enumerate(n):
+        if not k:
+            out.append(None)
+            continue
+        if packed:
+            p = int(off[j]) - lo
+            whole = buf[p:p + int(k) * (cs + ID_BYTES)]
+        else:
+            whole = np.empty(int(cap[j]) * (cs + ID_BYTES), np.uint8)
+            _read_exact(fd, whole, int(off[j]))
+        out.append((whole[:int(k) * cs], whole[int(cap[j]) * cs:int(cap[j]) * cs + int(k) * ID_BYTES]))
+    return out
+
+
+def _stream(srcs: list, sizes: np.ndarray, cs: int, ivfdata: Path, buffer_bytes: int) -> None:
+    """Write the merged lists to ``ivfdata``: list by list, each the inputs' codes then their ids, in input
+    order, a run of lists (about ``buffer_bytes``) at a time, with ``pread``/``pwrite`` (no memory map)."""
+    ends = np.concatenate([[0], np.cumsum(sizes * (cs + ID_BYTES))])
+    fds = [os.open(s.path, os.O_RDONLY) if s.path is not None else None for s in srcs]
+    out = os.open(str(ivfdata), os.O_WRONLY)
+    try:
+        a, nlist = 0, len(sizes)
+        while a < nlist:
+            b = max(a + 1, int(np.searchsorted(ends, ends[a] + buffer_bytes, side="right")) - 1)
+            b = min(b, nlist)
+            runs = [_read_run(s, fd, a, b, cs) for s, fd in zip(srcs, fds)]
+            buf = np.empty(int(ends[b] - ends[a]), np.uint8)
+            for j in range(a, b):
+                p = int(ends[j] - ends[a])
+                q = p + int(sizes[j]) * cs
+                for run in runs:
+                    got = run[j - a]
+                    if got is not None:
+                        buf[p:p + len(got[0])] = got[0]
+                        buf[q:q + len(got[1])] = got[1]
+                        p += len(got[0])
+                        q += len(got[1])
+            _write_exact(out, buf, int(ends[a]))
+            a = b
+        os.fsync(out)
+    finally:
+        os.close(out)
+        for fd in fds:
+            if fd is not None:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # the inputs' pages are not needed again
+                os.close(fd)
+
+
 def merge(trained_path: Path, parts: list, ivfdata: Path, base: Optional[Path] = None) -> faiss.Index:
     """One IVF index whose inverted lists are the union of ``parts`` (and of index ``base``), on disk.
 
-    Inputs are memory-mapped; the merged lists go to ``ivfdata`` (Faiss ``OnDiskInvertedLists``).
+    The result is the one Faiss's ``OnDiskInvertedLists.merge_from_multiple`` gives (the same
+    ``ivfdata`` bytes: per list, the inputs' codes then their ids, in the order ``parts`` then ``base``),
+    but the lists are streamed a run at a time (:data:`MERGE_BUFFER_BYTES`) with ``pread``/``pwrite``
+    instead of through memory maps: touching mmapped pages of the inputs and of the output made them
+    resident in this process (its RSS grew by about twice the index), whereas pages read or written with
+    system calls stay in the kernel's page cache, which is not the process's memory and which it can
+    write back and drop. The inputs' cached pages are dropped after the merge (``POSIX_FADV_DONTNEED``)
+    and the output is fsynced.
     """
     index = faiss.read_index(str(trained_path))
     ivf = faiss.extract_index_ivf(index)
-    inputs = [faiss.read_index(str(p), faiss.IO_FLAG_MMAP) for p in parts]
-    if base is not None:
-        inputs.append(read_ondisk(base))
-    lists = []
-    for inp in inputs:
+    srcs, inputs = [], []
+    for p in list(parts) + ([base] if base is not None else []):
+        inp = read_ondisk(p) if p is base else faiss.read_index(str(p), faiss.IO_FLAG_MMAP)  # maps, reads sizes
         sub = faiss.extract_index_ivf(inp)
         if sub.nlist != ivf.nlist or sub.code_size != ivf.code_size:
             raise SiamsearchError("an index part does not match the trained index; rebuild with --overwrite")
-        lists.append(sub.invlists)
+        srcs.append(_lists_of(inp, None if p is base else str(p)))
+        if srcs[-1].path is None:
+            inputs.append(inp)  # lists held in memory: keep their index alive
+    sizes = np.sum([s.sizes for s in srcs], axis=0, dtype=np.int64) if srcs else np.zeros(ivf.nlist, np.int64)
     invlists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(ivfdata))
-    vec = faiss.InvertedListsPtrVector()
-    for il in lists:
-        vec.push_back(il)
     with quiet_stdout():
-        ntotal = invlists.merge_from_multiple(vec.data(), vec.size(), False)
-    index.ntotal = ivf.ntotal = ntotal
+        invlists.update_totsize(int((sizes * (ivf.code_size + ID_BYTES)).sum()))  # creates the file and maps it
+    sizes_t = np.ascontiguousarray(sizes, dtype=np.uint64)  # named: swig_ptr does not keep it alive
+    invlists.set_all_lists_sizes(faiss.swig_ptr(sizes_t))
+    _stream(srcs, sizes, int(ivf.code_size), ivfdata, MERGE_BUFFER_BYTES)
+    index.ntotal = ivf.ntotal = int(sizes.sum())
     ivf.replace_invlists(invlists, True)
     invlists.this.disown()
-    del inputs
+    del inputs, srcs
     return index
 
 
