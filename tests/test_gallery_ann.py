@@ -176,3 +176,30 @@ def test_auto_falls_back_to_hnsw_when_ivf_is_too_slow_at_the_recall_target(monke
         assert ann.params["estimated_speedup"] >= alt["estimated_speedup"] or ann.factory.startswith("IVF")
     _, found = ann.search(q, 10)
     assert knn_recall_at_k(found, exact(x, np.arange(4000), q, 10)[1]) >= 0.9
+
+
+@pytest.mark.parametrize("factory", ["IVF64,Flat", "HNSW16"])
+def test_concurrent_searches_equal_sequential_ones_and_leave_the_index_parameters_alone(data, factory):
+    """A search that comes back short widens nprobe / efSearch for itself only (per-call parameters):
+    threads sharing one index (``siamsearch serve``) get the answers of sequential searches."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    x, ids, q = data
+    index = AnnIndex.empty(x.shape[1], factory)
+    index.train(x)
+    index.add(x, ids)
+    index.set_search_param(1)  # one list / a greedy walk: many searches come back short of k and widen
+    if index.kind == "hnsw":
+        index.remove(ids[::2])
+    own = (lambda: faiss.extract_index_ivf(index.index).nprobe) if index.kind == "ivf" else \
+        (lambda: faiss.downcast_index(index.index.index).hnsw.efSearch)
+    k = 40
+    batches = [q[i:i + 5] for i in range(0, len(q), 5)]
+    assert any((index._raw_search(b, k)[1] < 0).any() for b in batches)  # the widening path is taken
+    want = [index.search(b, k) for b in batches]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        got = list(pool.map(lambda i: index.search(batches[i % len(batches)], k), range(40 * len(batches))))
+    for i, (dist, found) in enumerate(got):
+        np.testing.assert_array_equal(found, want[i % len(batches)][1])
+        np.testing.assert_array_equal(dist, want[i % len(batches)][0])
+    assert own() == 1 and index.params[index._param_name()] == 1

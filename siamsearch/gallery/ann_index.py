@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -50,6 +51,7 @@ class AnnIndex:
         self.params: dict = dict(params or {})
         self.tombstones: set[int] = {int(t) for t in tombstones}
         self._flat_cache: Optional[tuple] = None  # (ntotal, ids [N], squared norms [N]) for exact search
+        self._param_lock = threading.Lock()  # only for types that take no per-call search parameters
         self._apply_params()
 
     # ---- construction
@@ -243,21 +245,23 @@ class AnnIndex:
     # ---- search
 
     def _search_params(self, value: int) -> tuple:
-        """Search parameters filtering out tombstones, or None; plus the objects they point to.
+        """Per-call search parameters: ``nprobe`` / ``efSearch`` = ``value``, and a selector filtering out
+        tombstones; None for a type without either. Plus the objects they point to (kept alive while
+        Faiss uses them).
 
-        The selectors are returned too so that they stay alive while Faiss uses them.
+        Passed to ``index.search(..., params=)``, they leave the shared index untouched, so concurrent
+        searches (``siamsearch serve``) that widen a short search do not change each other's parameters.
         """
-        if not self.tombstones:
-            return None, ()
-        batch = faiss.IDSelectorBatch(np.fromiter(self.tombstones, dtype="int64", count=len(self.tombstones)))
-        sel = faiss.IDSelectorNot(batch)
+        kw, keep = {}, ()
+        if self.tombstones:
+            batch = faiss.IDSelectorBatch(np.fromiter(self.tombstones, dtype="int64", count=len(self.tombstones)))
+            kw["sel"] = faiss.IDSelectorNot(batch)
+            keep = (batch, kw["sel"])
         if self.kind == "ivf":
-            params = faiss.SearchParametersIVF(nprobe=int(value), sel=sel)
-        elif self.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=int(value), sel=sel)
-        else:
-            params = faiss.SearchParameters(sel=sel)
-        return params, (batch, sel)
+            return faiss.SearchParametersIVF(nprobe=int(value), **kw), keep
+        if self.kind == "hnsw":
+            return faiss.SearchParametersHNSW(efSearch=int(value), **kw), keep
+        return (faiss.SearchParameters(**kw) if kw else None), keep
 
     def _flat_search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact search of a Flat index with :func:`siamsearch.metrics.knn.exact_knn` over the index's own
@@ -276,24 +280,25 @@ class AnnIndex:
         return exact_knn(x, xb, k, ids=ids, sq_norms=norms, trusted=True)
 
     def _raw_search(self, x: np.ndarray, k: int, value: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+        """Squared distances and ids ``[Q, k]`` with ``nprobe`` / ``efSearch`` = ``value`` (default: the
+        index's own), tombstones filtered out; the index itself is not modified (safe from threads)."""
         if self.kind == "flat" and not self.tombstones and hasattr(self._p.base, "get_xb"):
             return self._flat_search(x, k)
-        value = self._get_param() if value is None else value
+        value = self._get_param() if value is None else int(value)
         params, _keepalive = self._search_params(value)
         if params is None:
-            if value != self._get_param():
-                old = self._get_param()
-                self._set_param(value)
-                try:
-                    return self._p.index.search(x, k)
-                finally:
-                    self._set_param(old)
             return self._p.index.search(x, k)
         try:
             return self._p.index.search(x, k, params=params)
-        except RuntimeError:  # this type cannot filter during search: over-fetch and filter after
-            d2, ids = self._p.index.search(x, k + len(self.tombstones))
-            return _filter(d2, ids, self.tombstones, k)
+        except RuntimeError:  # this type takes no search parameters: set them on the index, one search at a time
+            with self._param_lock:
+                old = self._get_param()
+                self._set_param(value)
+                try:
+                    d2, ids = self._p.index.search(x, k + len(self.tombstones))
+                finally:
+                    self._set_param(old)
+            return _filter(d2, ids, self.tombstones, k) if self.tombstones else (d2, ids)
 
     def search(self, x: np.ndarray, k: int,
                vectors: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> tuple[np.ndarray, np.ndarray]:
