@@ -37,7 +37,7 @@ def _model(backbone: str, size: int):
     import torch
 
     from siamsearch.core.config import ModelConfig
-    from siamsearch.core.embedder import _fold_batchnorm
+    from siamsearch.core.fusion import fold_batchnorm as _fold_batchnorm
     from siamsearch.core.model import EmbeddingNet
 
     torch.manual_seed(0)

@@ -142,3 +142,17 @@ def test_compiled_runner_matches_eager_for_ragged_batches(model_path):
     assert np.allclose(got, ref, atol=1e-4)
     assert np.allclose(runner(x), ref, atol=1e-4)  # 11 > 6: split
     assert runner.compiled and runner._static_batch == 6
+
+
+def test_keep_freed_memory_is_switched_on_once_and_can_be_refused(monkeypatch):
+    import platform
+
+    from siamsearch.core import inference
+
+    monkeypatch.setitem(inference._malloc_tuned, "done", False)
+    monkeypatch.setenv("SIAMSEARCH_MALLOC_TUNING", "0")
+    assert inference.keep_freed_memory() is False and inference._malloc_tuned["done"] is False
+    monkeypatch.delenv("SIAMSEARCH_MALLOC_TUNING")
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert inference.keep_freed_memory() is expected
+    assert inference._malloc_tuned["done"] is expected
