@@ -161,3 +161,48 @@ def test_characters_preset_has_no_photo_augmentation_or_flips():
     for _ in range(20):
         x = tf(img)
         assert x[0, :, :6].mean() > x[0, :, -6:].mean()
+
+
+def _photo(tmp_path, w=400, h=300, name="photo.jpg", **save):
+    yy, xx = np.mgrid[:h, :w]
+    rgb = np.stack([xx * 255 // w, yy * 255 // h, (xx + yy) % 256], axis=-1).astype(np.uint8)
+    path = tmp_path / name
+    Image.fromarray(rgb).save(path, quality=95, **save)
+    return path
+
+
+def test_decode_size_accounts_for_the_crop():
+    from siamsearch.core.preprocess import decode_size
+
+    assert decode_size(ModelConfig(input_size=64)) == 64
+    assert decode_size(ModelConfig(input_size=64, crop=(0.5,))) == 128
+    assert decode_size(ModelConfig(input_size=60, crop=(0.1, 0.2, 0.5, 0.9))) == 150  # 0.4 of the width
+
+
+def test_large_jpeg_decodes_at_reduced_scale_other_files_in_full(tmp_path):
+    jpg = _photo(tmp_path)
+    small = read_image(jpg, min_size=64, mode="L")
+    assert small.mode == "L" and min(small.size) >= 64 and small.size[0] < 400  # 1/4 scale: 100 x 75
+    assert read_image(jpg).size == (400, 300) and read_image(jpg, min_size=200).size == (400, 300)
+    png = tmp_path / "p.png"
+    Image.open(jpg).save(png)
+    assert read_image(png, min_size=64, mode="L").size == (400, 300)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_reduced_scale_decoding_changes_the_input_by_resampling_only(tmp_path, channels):
+    cfg = ModelConfig(input_size=48, in_channels=channels, mean=(0.5,) * channels, std=(0.5,) * channels)
+    tf = build_transform(cfg)
+    jpg = _photo(tmp_path)
+    by_path, in_full = tf(str(jpg)), tf(read_image(jpg))
+    assert by_path.shape == in_full.shape == (channels, 48, 48)
+    assert (by_path - in_full).abs().mean() < 0.03  # in normalised units of [-1, 1]
+
+
+def test_exif_orientation_is_applied_to_reduced_scale_decoding(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    jpg = _photo(tmp_path, exif=exif.tobytes())
+    assert read_image(jpg).size == (300, 400)
+    w, h = read_image(jpg, min_size=64).size
+    assert h > w >= 64

@@ -16,7 +16,7 @@ from .config import ModelConfig
 from .distance import pair_distances
 from .errors import CheckpointError, SiamsearchError, UnreadableImage
 from .fusion import optimize_for_inference
-from .images import ImageLike, read_image
+from .images import ImageLike
 from .inference import EmbeddedBatch, InferenceRunner, should_compile, stream_embeddings
 from .model import EmbeddingNet
 from .preprocess import build_transform
@@ -36,23 +36,14 @@ def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
 
 
 class _Pick:
-    """``i -> items[i]`` (paths, PIL images or arrays; the transform reads them)."""
+    """``i -> items[i]`` (paths, PIL images or arrays; the transform reads them). Picklable, for
+    decoding workers."""
 
     def __init__(self, items: Sequence):
         self.items = items
 
     def __call__(self, i: int):
         return self.items[i]
-
-
-class _ReadFile:
-    """``i -> PIL image`` of ``paths[i]`` (picklable, for decoding workers)."""
-
-    def __init__(self, paths: Sequence):
-        self.paths = list(paths)
-
-    def __call__(self, i: int):
-        return read_image(self.paths[i])
 
 
 def _is_single_image(x) -> bool:
@@ -168,7 +159,8 @@ class Embedder:
             workers: DataLoader worker processes decoding images in parallel.
         """
         paths = list(paths)
-        yield from self.embed_items(len(paths), _ReadFile(paths), batch_size=batch_size, workers=workers,
+        # the transform decodes each path (JPEGs at reduced scale), as for a path given to embed()
+        yield from self.embed_items(len(paths), _Pick(paths), batch_size=batch_size, workers=workers,
                                     progress=progress)
 
     def distance(self, a: ImageLike, b: ImageLike) -> float:

@@ -11,7 +11,7 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -87,7 +87,7 @@ def sha256_file(path: Union[str, os.PathLike], chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _decode(fp, name: str) -> Image.Image:
+def _decode(fp, name: str, min_size: Optional[int] = None, mode: Optional[str] = None) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -107,6 +107,8 @@ def _decode(fp, name: str) -> Image.Image:
             raise UnreadableImage(name, f"decompression bomb ({w}x{h} pixels > {MAX_PIXELS})")
         if w == 0 or h == 0:
             raise UnreadableImage(name, "empty image (zero width or height)")
+        if min_size and img.format == "JPEG" and min(w, h) >= 2 * min_size:
+            _draft(img, min_size, mode)
         try:
             img.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -117,15 +119,33 @@ def _decode(fp, name: str) -> Image.Image:
             raise UnreadableImage(name, reason) from None
         except (SyntaxError, ValueError, EOFError) as e:
             raise UnreadableImage(name, f"corrupt ({e})") from None
-    try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # a broken EXIF block should not lose the pixels
-        pass
+    if "exif" in img.info or img.format == "TIFF":  # no EXIF block, no orientation to apply (saves ~25 us)
+        try:
+            img = ImageOps.exif_transpose(img)
+        except Exception:  # a broken EXIF block should not lose the pixels
+            pass
     return img
 
 
-def read_image(path: Union[str, os.PathLike]) -> Image.Image:
-    """Decode an image file fully, with EXIF orientation applied.
+def _draft(img: Image.Image, min_size: int, mode: Optional[str]) -> None:
+    """Let the JPEG decoder scale by 1/2, 1/4 or 1/8 in the DCT domain while keeping both sides at least
+    ``min_size`` pixels, and decode straight to grey when ``mode == "L"`` (the luma plane only)."""
+    try:
+        img.draft(mode if mode == "L" and img.mode in ("RGB", "L") else None, (min_size, min_size))
+    except (OSError, ValueError):  # a decoder that cannot scale: decode in full
+        pass
+
+
+def read_image(path: Union[str, os.PathLike], min_size: Optional[int] = None, mode: Optional[str] = None) -> Image.Image:
+    """Decode an image file, with EXIF orientation applied.
+
+    Args:
+        path: the file.
+        min_size: when given, a JPEG at least twice this size on its short side is decoded at a reduced
+            scale (1/2, 1/4 or 1/8, in the DCT domain: PIL's ``Image.draft``), both sides staying at least
+            ``min_size`` pixels: 3-10x faster for photos that are resized down anyway. Other formats are
+            decoded in full.
+        mode: with ``min_size``: ``"L"`` decodes a colour JPEG straight to grey (its luma plane).
 
     Returns:
         A loaded PIL image in its original mode (1, L, P, RGB, RGBA, CMYK, I;16, ...).
@@ -146,7 +166,7 @@ def read_image(path: Union[str, os.PathLike]) -> Image.Image:
             data = f.read()
     except OSError as e:
         raise UnreadableImage(name, f"not readable ({e.strerror})") from None
-    return _decode(io.BytesIO(data), name)
+    return _decode(io.BytesIO(data), name, min_size, mode)
 
 
 def read_image_bytes(data: bytes, name: str) -> Image.Image:

@@ -6,6 +6,8 @@ the trainer, the indexer and the query layer all take their transform from
 """
 from __future__ import annotations
 
+import math
+import os
 import random
 from typing import Callable
 
@@ -16,7 +18,7 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 from .config import ModelConfig
-from .images import ImageLike, as_pil
+from .images import ImageLike, as_pil, read_image
 
 Transform = Callable[[ImageLike], torch.Tensor]
 
@@ -82,6 +84,20 @@ def crop_box(width: int, height: int, crop: tuple) -> tuple[int, int, int, int]:
     return left, top, right, bottom
 
 
+def decode_size(config: ModelConfig) -> int:
+    """The fewest pixels each side of a decoded image needs so that the resize to ``input_size`` still
+    shrinks (or keeps) it after ``config.crop``: ``ceil(input_size / crop fraction)``. JPEG files given by
+    path are decoded at a reduced scale down to this size (:func:`~siamsearch.core.images.read_image`)."""
+    crop = config.crop
+    if crop is None:
+        keep = 1.0
+    elif len(crop) == 1:
+        keep = float(crop[0])
+    else:
+        keep = min(crop[2] - crop[0], crop[3] - crop[1])
+    return int(math.ceil(config.input_size / max(keep, 1e-6)))
+
+
 def _resize_steps(config: ModelConfig) -> list:
     """Resize to ``input_size`` square: both sides (``squash``) or the short side, then a centre crop."""
     size = int(config.input_size)
@@ -123,7 +139,9 @@ def build_transform(config: ModelConfig, train: bool = False, augment: bool = Tr
 
     Returns:
         A callable taking a path, PIL image or array and returning a float
-        tensor ``[in_channels, input_size, input_size]``.
+        tensor ``[in_channels, input_size, input_size]``. A JPEG given by path that is at least twice
+        :func:`decode_size` on its short side is decoded at 1/2, 1/4 or 1/8 scale (and straight to grey
+        for one channel); the result differs from a full decode + resize by resampling only.
     """
     steps: list = _resize_steps(config)
     if train and augment:
@@ -136,8 +154,11 @@ def build_transform(config: ModelConfig, train: bool = False, augment: bool = Tr
     steps += [T.ToTensor(), T.Normalize(config.mean, config.std)]
     pipeline = T.Compose(steps)
     channels, crop = config.in_channels, config.crop
+    min_size, mode = decode_size(config), "L" if channels == 1 else "RGB"
 
     def transform(image: ImageLike) -> torch.Tensor:
+        if isinstance(image, (str, os.PathLike)):  # a file: JPEGs decode at reduced scale (Image.draft)
+            image = read_image(image, min_size, mode)
         img = to_mode(as_pil(image), channels)
         if crop is not None:
             img = img.crop(crop_box(img.width, img.height, crop))
