@@ -206,3 +206,18 @@ def test_exif_orientation_is_applied_to_reduced_scale_decoding(tmp_path):
     assert read_image(jpg).size == (300, 400)
     w, h = read_image(jpg, min_size=64).size
     assert h > w >= 64
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_tensor_step_equals_torchvision_to_tensor_then_normalize(channels):
+    from torchvision import transforms as T
+
+    from siamsearch.core.preprocess import _ToNormalizedTensor
+
+    mean, std = (0.2, 0.5, 0.7)[:channels], (0.3, 0.25, 0.5)[:channels]
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (9, 7, 3) if channels == 3 else (9, 7), dtype=np.uint8))
+    ref = T.Normalize(mean, std)(T.ToTensor()(img))
+    out = _ToNormalizedTensor(mean, std)(img)
+    assert out.shape == ref.shape == (channels, 9, 7) and out.is_contiguous()
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)

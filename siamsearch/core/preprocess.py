@@ -84,6 +84,21 @@ def crop_box(width: int, height: int, crop: tuple) -> tuple[int, int, int, int]:
     return left, top, right, bottom
 
 
+class _ToNormalizedTensor:
+    """``T.ToTensor()`` then ``T.Normalize(mean, std)`` in one step (half the time on small images; equal to
+    ~1e-7): 8-bit ``L``/``RGB`` PIL image ``[H, W(, C)]`` -> float tensor ``[C, H, W]``."""
+
+    def __init__(self, mean: tuple, std: tuple):
+        std_arr = np.asarray(std, dtype=np.float32)
+        self.scale = torch.from_numpy(1.0 / (255.0 * std_arr)).view(-1, 1, 1)
+        self.shift = torch.from_numpy(np.asarray(mean, dtype=np.float32) / std_arr).view(-1, 1, 1)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32))
+        x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1).contiguous()
+        return x.mul_(self.scale).sub_(self.shift)
+
+
 def decode_size(config: ModelConfig) -> int:
     """The fewest pixels each side of a decoded image needs so that the resize to ``input_size`` still
     shrinks (or keeps) it after ``config.crop``: ``ceil(input_size / crop fraction)``. JPEG files given by
@@ -151,7 +166,7 @@ def build_transform(config: ModelConfig, train: bool = False, augment: bool = Tr
             steps.append(_RandomAffineBorderFill(degrees=10, translate=0.08, scale=(0.9, 1.1), shear=8))
             if config.hflip:
                 steps.append(T.RandomHorizontalFlip())
-    steps += [T.ToTensor(), T.Normalize(config.mean, config.std)]
+    steps.append(_ToNormalizedTensor(config.mean, config.std))
     pipeline = T.Compose(steps)
     channels, crop = config.in_channels, config.crop
     min_size, mode = decode_size(config), "L" if channels == 1 else "RGB"
