@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from siamsearch.core.errors import SiamsearchError
-from siamsearch.metrics.knn import GROUP, as_vectors, exact_knn, knn_recall_at_k
+from siamsearch.metrics.knn import as_vectors, exact_knn, knn_recall_at_k
 
 
 def brute(q, x, k, ids=None):
@@ -15,7 +15,7 @@ def brute(q, x, k, ids=None):
     return np.take_along_axis(d2, order, 1), ids[order]
 
 
-@pytest.mark.parametrize("n,k", [(5000, 10), (GROUP * 7 + 5, 3), (40, 10), (6, 10), (3000, 1)])
+@pytest.mark.parametrize("n,k", [(5000, 10), (32 * 7 + 5, 3), (40, 10), (6, 10), (3000, 1)])
 def test_exact_knn_matches_brute_force(n, k):
     rng = np.random.default_rng(n + k)
     x = rng.standard_normal((n, 24)).astype(np.float32) * rng.uniform(0.5, 2, (n, 1)).astype(np.float32)

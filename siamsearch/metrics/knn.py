@@ -5,14 +5,9 @@ The one exact search of siamsearch: the identification metrics
 index and the ANN tuner's ground truth all call :func:`exact_knn`.
 
 How it runs at BLAS speed: for each batch of queries and block of stored
-vectors, one matrix product ``S = Q @ X.T`` (``[b, n]``), then a two-level
-selection instead of a full partial sort of ``S``: the maximum of every group of
-:data:`GROUP` consecutive columns (a vectorised reduction), the ``k`` best
-groups per row, and the exact top ``k`` among those ``k * GROUP`` candidates.
-The ``k`` nearest always lie in the ``k`` groups with the largest maxima (each
-of them lifts its group's maximum to at least the k-th best score, and only
-``k`` groups can hold one), so the answer is exact; the selection touches ``S``
-once, in a pass as cheap as reading it.
+vectors, one matrix product ``S = Q @ X.T`` (``[b, n]``), then ``torch.topk``
+on ``S`` in place (one partial-selection pass, parallel over rows; a third of
+the matrix product's time), and the winners' distances computed directly.
 """
 from __future__ import annotations
 
@@ -22,8 +17,6 @@ import numpy as np
 
 from ..core.errors import SiamsearchError
 
-#: Columns per group in the two-level selection.
-GROUP = 32
 #: Scores held at once (``query batch x block rows``): bounds the extra memory to 4 x this many bytes.
 SCORE_BUDGET = 1 << 24
 
@@ -62,20 +55,20 @@ def as_ids(ids: Union[Sequence[int], np.ndarray], n: Optional[int] = None) -> np
 
 
 def _top_scores(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Columns and values of the ``k`` largest entries of each row of ``s [b, n]`` (unordered), k <= n."""
+    """Columns and values of the ``k`` largest entries of each row of ``s [b, n]`` (unordered), k <= n.
+
+    ``torch.topk`` on the same memory (no copy): a partial selection in one pass, parallel over rows. It
+    replaced a numpy two-level selection (group maxima of 32 columns, then ``argpartition``) whose
+    group-max step alone cost as much as the matrix product (13 vs 12 ms for 64 x 100,000 scores on two
+    cores; ``torch.topk`` 4 ms).
+    """
     b, n = s.shape
-    groups = n // GROUP
-    if groups <= 2 * k:  # too few groups to gain anything: plain partial sort
-        cols = np.argpartition(-s, k - 1, axis=1)[:, :k] if k < n else np.broadcast_to(np.arange(n), (b, n))
-        return cols, np.take_along_axis(s, cols, 1)
-    gmax = s[:, :groups * GROUP].reshape(b, groups, GROUP).max(axis=2)
-    best = np.argpartition(-gmax, k - 1, axis=1)[:, :k]
-    cols = (best[:, :, None] * GROUP + np.arange(GROUP)).reshape(b, k * GROUP)
-    if groups * GROUP < n:  # the ragged tail is always a candidate
-        cols = np.concatenate([cols, np.broadcast_to(np.arange(groups * GROUP, n), (b, n - groups * GROUP))], axis=1)
-    cand = np.take_along_axis(s, cols, 1)
-    pick = np.argpartition(-cand, k - 1, axis=1)[:, :k]
-    return np.take_along_axis(cols, pick, 1), np.take_along_axis(cand, pick, 1)
+    if k >= n:
+        return np.broadcast_to(np.arange(n), (b, n)), s
+    import torch
+
+    values, cols = torch.topk(torch.from_numpy(np.ascontiguousarray(s)), k, dim=1, sorted=False)
+    return cols.numpy(), values.numpy()
 
 
 def exact_knn(queries, database: Union[np.ndarray, Blocks], k: int, ids: Optional[np.ndarray] = None,
