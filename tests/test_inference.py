@@ -51,7 +51,8 @@ def test_resolve_precision(monkeypatch):
 
 
 def test_compile_threshold():
-    assert not should_compile("auto", COMPILE_MIN_IMAGES - 1) and should_compile("auto", COMPILE_MIN_IMAGES)
+    assert not should_compile("auto", COMPILE_MIN_IMAGES - 1, "cuda") and should_compile("auto", COMPILE_MIN_IMAGES, "cuda")
+    assert not should_compile("auto", 10**9, "cpu") and not should_compile("auto", 10**9)  # never on the CPU
     assert should_compile(True, 1) and not should_compile(False, 10**9)
     with pytest.raises(SiamsearchError):
         should_compile("always", 1)

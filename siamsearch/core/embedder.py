@@ -140,7 +140,7 @@ class Embedder:
         The same loop as :meth:`embed_files` (:func:`stream_embeddings`); unreadable items are
         reported in each batch's ``failures``. ``load`` must be picklable when ``workers > 0``.
         """
-        if should_compile(self.compile, n):
+        if should_compile(self.compile, n, self.device.type):
             self.runner.compile()
         yield from stream_embeddings(self.runner, n, load, self.transform, self.dim, batch_size=batch_size,
                                      workers=workers, pin_memory=self.device.type == "cuda", progress=progress)
@@ -179,7 +179,7 @@ def load_model(path: Union[str, os.PathLike], device: Union[str, torch.device] =
             default (``auto`` unless :func:`~siamsearch.core.inference.set_default_precision` or
             ``$SIAMSEARCH_PRECISION`` says otherwise).
         compile: ``torch.compile`` the network: ``True``, ``False`` or ``"auto"`` (only for jobs of
-            at least :data:`~siamsearch.core.inference.COMPILE_MIN_IMAGES` images).
+            at least :data:`~siamsearch.core.inference.COMPILE_MIN_IMAGES` images, on CUDA only).
 
     Returns:
         An :class:`Embedder`; ``embed(images) -> [N, d]`` float32 L2-normalised.

@@ -26,8 +26,8 @@ mmap threshold (at most 32 MB; smallcnn's first feature map at 64 px is 17-67 MB
 unmapped on every forward pass, and the kernel zero-fills its pages again each time: on this project's
 2-core machine that halved fp32 throughput at batch 128 (960 -> 1,800 images/s) and cost bf16 a third.
 
-``torch.compile`` is used only for jobs of at least :data:`COMPILE_MIN_IMAGES`
-images (see there for why) and falls back to eager mode when compiling fails.
+``torch.compile`` (``compile="auto"``) is used only on CUDA, for jobs of at least
+:data:`COMPILE_MIN_IMAGES` images (see there for why), and falls back to eager mode when compiling fails.
 """
 from __future__ import annotations
 
@@ -48,13 +48,13 @@ from .errors import SiamsearchError, UnreadableImage
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-#: ``compile="auto"`` compiles the network for jobs of at least this many images. Why this size: compiling
-#: is paid once per process and can be long (smallcnn, 64 px, on this project's 2-core machine under load:
-#: 424 s for the first, cold compilation; 20-45 s later with Inductor's on-disk cache warm). The compiled
-#: forward then ran ~1.4x eager bf16 at 64 px and no faster at 32 px (docs/speed.md). At the ~1,500-2,000
-#: images/s of eager bf16 smallcnn on 2 idle cores, a 1.4-2x faster forward saves ~0.15-0.3 ms per image,
-#: so a compile of a minute or more needs ~200,000 images to pay for itself: large index builds only,
-#: never a query, a verification or an evaluation. Below the threshold eager mode is used.
+#: ``compile="auto"`` compiles the network on CUDA for jobs of at least this many images, and never on the
+#: CPU. Why: compiling is paid once per process and can be long (smallcnn, 64 px, on this project's 2-core
+#: machine: 424 s cold under load, 5-45 s with Inductor's on-disk cache warm). On the CPU the eager network
+#: as rewritten by :mod:`siamsearch.core.fusion` (oneDNN conv+ReLU, fast pooling) is about as fast as the
+#: compiled one: 2026-12-02 on 2 idle cores, compiled / eager bf16 = 1.08x at 64 px and 0.46x at 32 px
+#: (``benchmarks/results/embed_speed_compile.json``), too little to repay even a warm compile. On a GPU the
+#: forward is far faster and a compile repays itself only on large jobs: index builds, never a query.
 COMPILE_MIN_IMAGES = 200_000
 
 
@@ -236,12 +236,13 @@ class InferenceRunner:
             return out.cpu().numpy()
 
 
-def should_compile(compile: Union[bool, str], n_images: int) -> bool:
-    """``compile`` is ``True``, ``False`` or ``"auto"`` (= at least :data:`COMPILE_MIN_IMAGES` images)."""
+def should_compile(compile: Union[bool, str], n_images: int, device_type: str = "cpu") -> bool:
+    """``compile`` is ``True``, ``False`` or ``"auto"`` (= on CUDA, for at least :data:`COMPILE_MIN_IMAGES`
+    images; never on the CPU, where the rewritten eager network is as fast)."""
     if isinstance(compile, str):
         if compile != "auto":
             raise SiamsearchError(f"compile must be True, False or 'auto', got {compile!r}")
-        return n_images >= COMPILE_MIN_IMAGES
+        return device_type == "cuda" and n_images >= COMPILE_MIN_IMAGES
     return bool(compile)
 
 
