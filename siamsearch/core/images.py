@@ -54,8 +54,20 @@ def iter_images(root: Path) -> Iterator[Path]:
     identity folders reads like a copied one). A link that leads back into a
     folder on its own path (a loop) is not followed, with a warning.
     """
+    for dirpath, names in walk_image_dirs(root):
+        for name in names:
+            yield Path(dirpath) / name
+
+
+def walk_image_dirs(root: Union[str, os.PathLike]) -> Iterator[tuple[str, list]]:
+    """:func:`iter_images` one folder at a time, as strings: ``(folder path, [image file names])``.
+
+    Scans of large folders use it: they stat every file, and building a ``Path`` per file, or
+    working out a file's folder-level facts (its identity) per file, would cost more than that.
+    """
+    root = os.fspath(root)
     # For each folder still to visit: the real paths of the folders on its way from root.
-    ancestors = {os.fspath(root): frozenset({os.path.realpath(root)})}
+    ancestors = {root: frozenset({os.path.realpath(root)})}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         above = ancestors.pop(dirpath, frozenset())
         keep = []
@@ -65,14 +77,15 @@ def iter_images(root: Path) -> Iterator[Path]:
             full = os.path.join(dirpath, d)
             real = os.path.realpath(full)
             if real in above:
-                warnings.warn(f"{full}: symbolic link loop (it leads back to {real}); not followed", stacklevel=2)
+                warnings.warn(f"{full}: symbolic link loop (it leads back to {real}); not followed", stacklevel=3)
                 continue
             ancestors[full] = above | {real}
             keep.append(d)
         dirnames[:] = keep
-        for name in filenames:
-            if not name.startswith(".") and is_image_file(name):
-                yield Path(dirpath) / name
+        # the extension test of is_image_file; a name without a dot yields its last character, never a match
+        names = [n for n in filenames if not n.startswith(".") and n[n.rfind("."):].lower() in IMAGE_EXTENSIONS]
+        if names:
+            yield dirpath, names
 
 
 def sha256_file(path: Union[str, os.PathLike], chunk: int = 1 << 20) -> str:

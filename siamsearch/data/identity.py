@@ -27,7 +27,12 @@ def identity_of(rel: Union[str, PurePath]) -> Optional[str]:
     Returns:
         The first folder name, or ``None`` for a file directly in the root.
     """
-    parts = (PurePosixPath(rel) if isinstance(rel, str) else PurePath(rel)).parts
+    if isinstance(rel, str) and not rel.startswith("/"):
+        # what PurePosixPath(rel).parts gives for a relative path, without building one (scans call this
+        # once per file): empty and "." components dropped
+        parts = [p for p in rel.split("/") if p and p != "."]
+    else:
+        parts = list((PurePosixPath(rel) if isinstance(rel, str) else PurePath(rel)).parts)
     return parts[0] if len(parts) >= 2 else None
 
 

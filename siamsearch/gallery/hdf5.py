@@ -13,12 +13,14 @@ Attributes: format, format_version, siamsearch_version, created, updated (ISO
 label_mode, requested_factory, index_sha256, generation.
 
 :class:`GalleryFile` reads it (it implements :class:`siamsearch.gallery.store.GalleryReader`),
-:class:`GalleryWriter` streams a complete new file under a temporary name,
-which :func:`siamsearch.gallery.store.commit` publishes.
+:class:`GalleryWriter` streams a complete new file under a temporary name, or patches a byte
+copy of the committed file there (:meth:`GalleryWriter.patch_copy`, what an update does);
+:func:`siamsearch.gallery.store.commit` publishes it.
 """
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
@@ -253,11 +255,56 @@ class GalleryWriter:
         self.n = hi
         return values["ids"]
 
+    @classmethod
+    def patch_copy(cls, committed: os.PathLike | str, path: os.PathLike | str,
+                   rows_after: int) -> Optional["GalleryWriter"]:
+        """A writer over a byte copy of the ``committed`` file at ``path``, to patch instead of rewriting.
+
+        An update then writes only what changes (new rows appended, the ``deleted`` and ``mtime``
+        columns, label names and skipped files when they differ); the committed file is never opened
+        for writing, so a crash still leaves the published gallery intact.
+
+        Returns:
+            the writer (:attr:`n` = the rows already there), or ``None`` when the file cannot be patched
+            (datasets not resizable, or chunks too small for ``rows_after`` rows: a full rewrite
+            chooses the chunk size again); ``path`` is then removed.
+        """
+        shutil.copyfile(committed, path)
+        self = cls.__new__(cls)
+        self.path = os.fspath(path)
+        try:
+            self.h5 = h5py.File(self.path, "a")
+        except OSError:
+            os.unlink(self.path)
+            return None
+        try:
+            emb = self.h5["embeddings"]
+            self.dim, self.n = int(emb.shape[1]), int(emb.shape[0])
+            ok = all(self.h5[k].maxshape[0] is None and self.h5[k].chunks is not None for k in ROW_DATASETS)
+            if ok and emb.chunks[0] >= min(CHUNK_ROWS, rows_after):
+                return self
+        except (OSError, KeyError, ValueError):
+            pass
+        self.abort()
+        return None
+
+    def set_column(self, name: str, values: np.ndarray) -> None:
+        """Overwrite the first ``len(values)`` entries of row dataset ``name`` (``deleted``, ``mtime``)."""
+        ds = self.h5[name]
+        ds[: len(values)] = np.asarray(values, dtype=ds.dtype)
+
+    def _replace(self, name: str, values: list) -> None:
+        if name in self.h5:
+            if list(self.h5[name].asstr()[:]) == values:
+                return  # unchanged (a patched copy): not rewritten
+            del self.h5[name]
+        self.h5.create_dataset(name, data=values, dtype=_STR)
+
     def finish(self, label_names: Sequence[str], skipped: Sequence[tuple], attrs: dict) -> None:
         """Write the label names, the skipped files and the final attributes, then close."""
-        self.h5.create_dataset("label_names", data=list(label_names), dtype=_STR)
-        self.h5.create_dataset("skipped_paths", data=[p for p, _ in skipped], dtype=_STR)
-        self.h5.create_dataset("skipped_reasons", data=[r for _, r in skipped], dtype=_STR)
+        self._replace("label_names", list(label_names))
+        self._replace("skipped_paths", [p for p, _ in skipped])
+        self._replace("skipped_reasons", [r for _, r in skipped])
         for key, value in attrs.items():
             self.h5.attrs[key] = value
         self.h5.close()

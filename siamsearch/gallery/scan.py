@@ -1,6 +1,7 @@
 """The folder scan: which images a gallery's folder holds now, their size, mtime and label."""
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -8,7 +9,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..core.images import list_images
+from ..core.errors import SiamsearchError
+from ..core.images import walk_image_dirs
 from ..core.choices import LABEL_MODES  # noqa: F401  (defined once there, torch-free)
 from ..data.identity import identity_of, loose_files_note
 
@@ -29,10 +31,13 @@ class Scan:
     mtime: np.ndarray
     labels: list
     skipped: list = field(default_factory=list)
+    _stat: Optional[dict] = field(default=None, repr=False, compare=False)
 
     def stat(self) -> dict:
-        """``relpath -> (size, mtime)``."""
-        return {r: (s, m) for r, s, m in zip(self.relpaths, self.size, self.mtime)}
+        """``relpath -> (size, mtime)`` (built once; do not modify it)."""
+        if self._stat is None:
+            self._stat = dict(zip(self.relpaths, zip(self.size.tolist(), self.mtime.tolist())))
+        return self._stat
 
 
 def label_of(rel: str) -> str:
@@ -56,9 +61,10 @@ def scan_folder(source: Path, label_mode: Optional[str]) -> tuple[Scan, str]:
     Warns:
         UserWarning: with labels from folders, for image files at the top of ``source``.
     """
-    rels, sizes, mtimes, skipped = [], [], [], []
-    for p in list_images(source):
-        rel = p.relative_to(source).as_posix()
+    if not source.is_dir():
+        raise SiamsearchError(f"{source} is not a folder; give a folder of images")
+    rels, sizes, mtimes, folder_labels, skipped = [], [], [], [], []
+    for rel, full, label in _listing(source):
         try:
             rel.encode("utf-8")
         except UnicodeEncodeError:
@@ -66,22 +72,40 @@ def scan_folder(source: Path, label_mode: Optional[str]) -> tuple[Scan, str]:
                             "file name is not valid UTF-8; rename the file"))
             continue
         try:
-            st = p.stat()
+            st = os.stat(full)
         except OSError as e:
             skipped.append((rel, f"missing or not readable ({e.strerror})"))
             continue
         rels.append(rel)
         sizes.append(st.st_size)
         mtimes.append(st.st_mtime)
+        folder_labels.append(label)
     if label_mode is None:
-        parents = {label_of(r) for r in rels} - {""}
-        label_mode = "from-folder" if len(parents) >= 2 else "none"
-    loose = [r for r in rels if not label_of(r)]
+        label_mode = "from-folder" if len(set(folder_labels) - {""}) >= 2 else "none"
+    loose = [r for r, lab in zip(rels, folder_labels) if not lab]
     if label_mode == "from-folder" and loose:
         warnings.warn(loose_files_note(source, loose, "they are indexed without a label (searchable, but never "
                                                       "a prediction)"), stacklevel=3)
-    labels = [label_of(r) for r in rels] if label_mode == "from-folder" else [""] * len(rels)
+    labels = folder_labels if label_mode == "from-folder" else [""] * len(rels)
     return Scan(rels, np.asarray(sizes, "int64"), np.asarray(mtimes, "float64"), labels, skipped), label_mode
+
+
+def _listing(source: Path) -> list:
+    """``[(relative path, full path, label from the folder)]`` of the images below ``source``, in
+    :func:`~siamsearch.core.images.list_images` order (sorted by path components). Built from strings,
+    one folder at a time (the label is the folder's): a scan of a large folder stats every file, and is
+    not slowed down further by work per file that a folder shares."""
+    root = os.fspath(source)
+    out = []
+    for dirpath, names in walk_image_dirs(root):
+        reldir = dirpath[len(root) + 1:] if dirpath.startswith(root + os.sep) else ""
+        if os.sep != "/":
+            reldir = reldir.replace(os.sep, "/")
+        prefix = reldir + "/" if reldir else ""
+        label = label_of(prefix + "file")
+        out += [(prefix + n, dirpath + os.sep + n, label) for n in names]
+    out.sort(key=lambda item: item[0].split("/"))
+    return out
 
 
 def same_stat(size_a, mtime_a, size_b, mtime_b) -> bool:

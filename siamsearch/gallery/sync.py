@@ -7,8 +7,9 @@
    rows an interrupted run already embedded (the journal);
 2. **embed** (:func:`embed_missing`): embed what is missing in streamed batches into
    journal segments (:class:`~siamsearch.gallery.store.PendingLog`);
-3. **write** (:func:`write_rows`): stream a complete new row store under a temporary
-   name, old rows first (compacted when tombstones pass a threshold), then the journal's;
+3. **write** (:func:`write_rows`): a new row store under a temporary name: a byte copy of
+   the committed one patched with the change (new rows appended, tombstones set), or, for a
+   first build or when tombstones pass a threshold (compaction), a complete stream of rows;
 4. **index** (:func:`index_rows`): patch the committed Faiss index when it is still the
    right kind, else build one from the stored embeddings;
 5. **commit** (:func:`siamsearch.gallery.store.commit`): rename index and store into place.
@@ -41,12 +42,24 @@ from .store import GalleryReader, RowBlock
 RETUNE_FACTOR = 2.0
 
 
+#: An embedding job of fewer images than this decodes in this process even when workers are asked for:
+#: starting DataLoader worker processes (fork, pipes, the first prefetched batch) costs about as much as
+#: decoding a few hundred small images, and so many make only a few batches with little to overlap. An
+#: update of a 1 % change of a 20,000-image gallery (200 images) is such a job.
+INPROCESS_DECODE_MAX = 256
+
+
 def default_workers() -> int:
     """DataLoader workers used when none are given: one per spare core, at least 2 and at most 4 (none on
     a single core). Two on two cores: decoding then keeps up better with the model's two threads (2,200
     small images on 2 idle cores: 1,640 images/s with 2 workers, 1,180 with 1, 1,490 decoding in-process)."""
     cores = os.cpu_count() or 1
     return 0 if cores < 2 else min(4, max(2, cores - 1))
+
+
+def decode_workers(workers: int, n_images: int) -> int:
+    """The decoding workers for a job of ``n_images``: ``workers``, or 0 below :data:`INPROCESS_DECODE_MAX`."""
+    return int(workers) if n_images >= INPROCESS_DECODE_MAX else 0
 
 
 # --------------------------------------------------------------------------- plan
@@ -73,7 +86,8 @@ class OldRows:
 
     def live_rows(self) -> dict:
         """``relpath -> row`` of the live rows."""
-        return {self.relpaths[i]: i for i in np.flatnonzero(~self.deleted)}
+        relpaths = self.relpaths
+        return {relpaths[i]: i for i in np.flatnonzero(~self.deleted).tolist()}
 
 
 @dataclass
@@ -117,25 +131,33 @@ def scan_source(folder: Path, source: Path, old: Optional[GalleryReader], dim: i
 
 
 def plan_sync(source: Path, old: Optional[GalleryReader], scan: Scan, label_mode: str, journal: dict) -> Plan:
-    """Classify every file of ``scan`` against the committed rows and the journal (``relpath -> record``)."""
+    """Classify every file of ``scan`` against the committed rows and the journal (``relpath -> record``).
+
+    The change-detection rule (docs/gallery.md, "What an update looks at"): a file whose size and mtime
+    equal its row's is unchanged and is not read; only the others are hashed (SHA-256), and a file with
+    the same bytes under a new mtime keeps its row (``touched``). The size/mtime comparison runs on
+    arrays, so the work per unchanged file is one dictionary lookup.
+    """
     rows = OldRows.of(old)
     live_row = rows.live_rows()
+    n = len(scan.relpaths)
+    row_of = np.fromiter((live_row.get(r, -1) for r in scan.relpaths), "int64", n)
+    same = np.zeros(n, bool)
+    known = np.flatnonzero(row_of >= 0)
+    kr = row_of[known]
+    same[known] = (scan.size[known] == rows.size[kr]) & (np.abs(scan.mtime[known] - rows.mtime[kr]) < 1e-6)
     needed, replaced, to_embed = set(), {}, []
-    unchanged = resumed = touched = 0
-    for r, s, m in zip(scan.relpaths, scan.size, scan.mtime):
-        row = live_row.get(r)
-        if row is not None:
-            if same_stat(s, m, rows.size[row], rows.mtime[row]):
-                unchanged += 1
-                continue
+    resumed = touched = 0
+    for i in np.flatnonzero(~same).tolist():  # new files, and files whose size or mtime differ
+        r, row = scan.relpaths[i], int(row_of[i])
+        if row >= 0:
             try:
-                same = sha256_file(source / r) == rows.sha256[row]
+                same_bytes = sha256_file(source / r) == rows.sha256[row]
             except OSError:
-                same = False
-            if same:
-                rows.mtime[row] = m  # touched, same bytes: keep the row, remember the new mtime
+                same_bytes = False
+            if same_bytes:
+                rows.mtime[row] = scan.mtime[i]  # touched, same bytes: keep the row, remember the new mtime
                 touched += 1
-                unchanged += 1
                 continue
             replaced[r] = row
         needed.add(r)
@@ -145,8 +167,8 @@ def plan_sync(source: Path, old: Optional[GalleryReader], scan: Scan, label_mode
             to_embed.append(r)
     current = set(scan.relpaths)
     removed_rows = [i for r, i in live_row.items() if r not in current]
-    return Plan(scan, label_mode, rows, live_row, to_embed, needed, replaced, removed_rows, unchanged, resumed,
-                touched)
+    return Plan(scan, label_mode, rows, live_row, to_embed, needed, replaced, removed_rows,
+                int(same.sum()) + touched, resumed, touched)
 
 
 def journal_records(pending: _store.PendingLog, stat_now: dict) -> dict:
@@ -192,7 +214,8 @@ def embed_missing(plan: Plan, source: Path, embedder, pending: _store.PendingLog
             buf.clear()
             buf_emb.clear()
 
-    for batch in embedder.embed_files(paths, batch_size=batch_size, workers=workers, progress=progress):
+    for batch in embedder.embed_files(paths, batch_size=batch_size, workers=decode_workers(workers, len(paths)),
+                                      progress=progress):
         skipped += [(to_embed[pos], reason) for pos, reason in batch.failures]
         good = []
         for j, pos in enumerate(batch.positions.tolist()):
@@ -229,37 +252,61 @@ def label_codes(names: list, new_labels: set) -> dict:
 def write_rows(tmp: str, old: Optional[GalleryReader], plan: Plan, deleted: np.ndarray, compact: bool,
                journal: dict, pending: _store.PendingLog, code: dict, attrs: dict, dim: int,
                names: list, skipped: list) -> tuple[int, int]:
-    """Stream the new row store into ``tmp``: kept old rows first, then the journal's rows.
+    """The new row store at ``tmp``: kept old rows first, then the journal's rows.
+
+    Without compaction the committed file is copied byte for byte and patched (only the journal's
+    rows are written, plus the ``deleted`` and ``mtime`` columns), so an update costs the size of
+    the change, not of the gallery; with compaction, or for a first build, a complete store is
+    streamed.
 
     Returns:
         ``(first new row id, rows written)``.
     """
     rows = plan.old
-    writer = _store.GalleryWriter(tmp, dim, attrs, expected_rows=rows.n + len(journal))
+    writer = None
+    if old is not None and not compact and isinstance(old, _store.GalleryFile):
+        writer = _store.GalleryWriter.patch_copy(old.path, tmp, rows_after=rows.n + len(journal))
     try:
-        if old is not None:
-            keep_old = np.flatnonzero(~deleted) if compact else np.arange(rows.n)
-            labels = old.labels()
-            for ids, emb in old.source(keep_old).blocks(_store.BLOCK_ROWS):
-                writer.append([rows.relpaths[i] for i in ids], labels[ids], [rows.sha256[i] for i in ids],
-                              rows.mtime[ids], rows.size[ids], emb, deleted[ids])
+        if writer is not None:
+            assert writer.n == rows.n, "the copied store must hold the rows read from it"
+            writer.set_column("deleted", deleted)
+            if plan.touched:
+                writer.set_column("mtime", rows.mtime)
+        else:
+            writer = _store.GalleryWriter(tmp, dim, attrs, expected_rows=rows.n + len(journal))
+            if old is not None:
+                _copy_old_rows(writer, old, rows, deleted, compact)
         first_new = writer.n
-        by_seg: dict = {}
-        for seg, j in journal.values():
-            by_seg.setdefault(seg, []).append(j)
-        for seg in sorted(by_seg):
-            block = pending.read(seg)
-            take = sorted(by_seg[seg])
-            writer.append([block.relpaths[j] for j in take],
-                          np.asarray([code.get(block.labels[j], -1) if block.labels[j] else -1 for j in take],
-                                     "int64"),
-                          [block.sha256[j] for j in take], block.mtime[take], block.size[take],
-                          block.embeddings[take], np.zeros(len(take), "uint8"))
-        writer.finish(names, skipped, {})
+        _append_journal(writer, journal, pending, code)
+        writer.finish(names, skipped, attrs)
     except BaseException:
         writer.abort()
         raise
     return first_new, writer.n
+
+
+def _copy_old_rows(writer, old: GalleryReader, rows: OldRows, deleted: np.ndarray, compact: bool) -> None:
+    """Stream the committed rows into a new store (all of them, or the live ones when compacting)."""
+    keep_old = np.flatnonzero(~deleted) if compact else np.arange(rows.n)
+    labels = old.labels()
+    for ids, emb in old.source(keep_old).blocks(_store.BLOCK_ROWS):
+        writer.append([rows.relpaths[i] for i in ids], labels[ids], [rows.sha256[i] for i in ids],
+                      rows.mtime[ids], rows.size[ids], emb, deleted[ids])
+
+
+def _append_journal(writer, journal: dict, pending: _store.PendingLog, code: dict) -> None:
+    """Append the journal's rows (``relpath -> (segment, row)``), segment by segment."""
+    by_seg: dict = {}
+    for seg, j in journal.values():
+        by_seg.setdefault(seg, []).append(j)
+    for seg in sorted(by_seg):
+        block = pending.read(seg)
+        take = sorted(by_seg[seg])
+        writer.append([block.relpaths[j] for j in take],
+                      np.asarray([code.get(block.labels[j], -1) if block.labels[j] else -1 for j in take],
+                                 "int64"),
+                      [block.sha256[j] for j in take], block.mtime[take], block.size[take],
+                      block.embeddings[take], np.zeros(len(take), "uint8"))
 
 
 # --------------------------------------------------------------------------- index
@@ -324,10 +371,10 @@ def load_index(folder: Path, file: GalleryReader) -> _ann.AnnIndex:
 def reusable_index(folder: Path, old: GalleryReader, factory: str, n_live: int, dim: int) -> Optional[_ann.AnnIndex]:
     """The committed index, when it is intact and still the right kind for ``n_live`` entries; else None."""
     a = old.attrs
-    if a.get("requested_factory") != factory or not _store.index_is_current(folder, a):
+    if a.get("requested_factory") != factory:
         return None
     try:
-        ann = load_index(folder, old)
+        ann = load_index(folder, old)  # checks that the index is the committed one (its SHA-256)
     except GalleryError:
         return None
     wanted = _ann.resolve_factory(factory, max(n_live, 1), dim) if factory.lower() == "auto" else ann.factory
