@@ -29,14 +29,19 @@ def machine() -> dict:
             "date": time.strftime("%Y-%m-%d")}
 
 
-def write_results(name: str, payload: dict, table_rows: list[tuple], headers: tuple, title: str) -> Path:
-    """Write ``results/NAME.json`` (payload + machine) and ``results/NAME.md`` (a small table)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_results(name: str, payload: dict, table_rows: list[tuple], headers: tuple, title: str,
+                  results: Path = RESULTS) -> Path:
+    """Write ``results/NAME.json`` (payload + machine) and ``results/NAME.md`` (a small table).
+
+    ``results``: the folder (default ``benchmarks/results``; tests pass a temporary one).
+    """
+    folder = Path(results)
+    folder.mkdir(parents=True, exist_ok=True)
     payload = {**payload, "machine": machine()}
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (folder / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [f"### {title}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in table_rows]
     m = payload["machine"]
     lines += ["", f"Measured {m['date']} on {m['cores']} cores ({m['cpu']}), torch {m['torch']}."]
-    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
-    return RESULTS / f"{name}.json"
+    (folder / f"{name}.md").write_text("\n".join(lines) + "\n")
+    return folder / f"{name}.json"
