@@ -48,8 +48,12 @@ def _model(backbone: str, size: int, fold: bool = True):
     import torch
 
     from siamsearch.core.config import ModelConfig
-    from siamsearch.core.embedder import _fold_batchnorm
     from siamsearch.core.model import EmbeddingNet
+
+    try:
+        from siamsearch.core.fusion import fold_batchnorm as _fold_batchnorm
+    except ImportError:  # before BatchNorm folding moved to core/fusion.py
+        from siamsearch.core.embedder import _fold_batchnorm
 
     torch.manual_seed(0)
     cfg = ModelConfig(backbone=backbone, input_size=size, in_channels=3, mean=(0.5,) * 3, std=(0.5,) * 3)
