@@ -43,22 +43,20 @@ MIN_COSINE = 0.999
 
 
 def _model(backbone: str, size: int, fold: bool = True):
-    """Seeded untrained ``(config, network)``; ``fold``: BatchNorm folded into the convolutions (as loaded
-    models run), else the plain network whose ``state_dict`` a checkpoint stores."""
+    """Seeded untrained ``(config, network)``; ``fold``: rewritten for inference as loaded models run
+    (BatchNorm folded, :mod:`siamsearch.core.fusion`), else the plain network whose ``state_dict`` a
+    checkpoint stores."""
     import torch
 
     from siamsearch.core.config import ModelConfig
     from siamsearch.core.model import EmbeddingNet
 
-    try:
-        from siamsearch.core.fusion import fold_batchnorm as _fold_batchnorm
-    except ImportError:  # before BatchNorm folding moved to core/fusion.py
-        from siamsearch.core.embedder import _fold_batchnorm
+    from siamsearch.core.fusion import optimize_for_inference  # what every loaded model runs
 
     torch.manual_seed(0)
     cfg = ModelConfig(backbone=backbone, input_size=size, in_channels=3, mean=(0.5,) * 3, std=(0.5,) * 3)
     net = EmbeddingNet(cfg).eval()
-    return cfg, _fold_batchnorm(net) if fold else net
+    return cfg, optimize_for_inference(net) if fold else net
 
 
 def _timed(fn, batch: int, seconds: float = 2.0) -> float:
