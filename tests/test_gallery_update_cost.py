@@ -22,7 +22,7 @@ from siamsearch.core.embedder import Embedder
 from siamsearch.core.images import list_images
 from siamsearch.data.identity import identity_of
 from siamsearch.gallery import store as gstore
-from siamsearch.gallery import sync
+from siamsearch.gallery import sync, write
 from siamsearch.gallery.hdf5 import GalleryWriter
 from siamsearch.gallery.scan import scan_folder
 
@@ -178,3 +178,31 @@ def test_scan_lists_files_in_list_images_order(tmp_path):
 def test_identity_of_strings_agrees_with_purepath(rel):
     parts = PurePosixPath(rel).parts
     assert identity_of(rel) == (parts[0] if len(parts) >= 2 else None)
+
+
+def test_patched_file_that_grew_too_much_is_written_complete_again(tmp_path, tiny_model, monkeypatch):
+    src = make_identity_folders(tmp_path / "imgs", n_ids=4, per_id=5)
+    out = tmp_path / "gal"
+    Gallery.build(src, tiny_model, out=out, workers=0, progress=False).close()
+    with h5py.File(out / "gallery.h5", "r") as f:
+        assert f.attrs["rewrite_rows"] == 20 and 0 < f.attrs["rewrite_bytes"] <= (out / "gallery.h5").stat().st_size
+    appended = []
+    append = GalleryWriter.append
+    monkeypatch.setattr(GalleryWriter, "append", lambda self, rel, *a, **kw: (appended.append(len(rel)),
+                                                                              append(self, rel, *a, **kw))[1])
+    _blob(src / "id_0" / "new.png", 1)
+    _update(out)
+    assert appended == [1]  # patched: only the new row
+    with h5py.File(out / "gallery.h5", "a") as f:  # pretend patching has grown the file well past its size
+        f.attrs["rewrite_bytes"] = 1000
+        monkeypatch.setattr(write, "PATCH_SLACK_BYTES", 0)
+    appended.clear()
+    _blob(src / "id_1" / "new.png", 2)
+    _update(out)
+    assert sum(appended) == 22  # written complete: 21 old rows and the new one
+    with h5py.File(out / "gallery.h5", "r") as f:
+        assert f.attrs["rewrite_rows"] == 22 and f.attrs["rewrite_bytes"] > 1000
+    appended.clear()
+    _blob(src / "id_2" / "new.png", 3)
+    _update(out)
+    assert appended == [1]  # and patched again after that

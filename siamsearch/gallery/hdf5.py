@@ -10,7 +10,8 @@ bytes, ``deleted`` uint8 (1 = the file was removed or replaced; not searched),
 ``skipped_paths`` / ``skipped_reasons`` (files that could not be read).
 Attributes: format, format_version, siamsearch_version, created, updated (ISO
 8601 UTC), model_fingerprint, model_config (JSON), model_path, source_dir,
-label_mode, requested_factory, index_sha256, generation.
+label_mode, requested_factory, index_sha256, generation, rewrite_bytes and
+rewrite_rows (size and rows when last written complete; see :mod:`siamsearch.gallery.write`).
 
 :class:`GalleryFile` reads it (it implements :class:`siamsearch.gallery.store.GalleryReader`),
 :class:`GalleryWriter` streams a complete new file under a temporary name, or patches a byte

@@ -37,6 +37,7 @@ from .results import BuildReport
 from . import guards
 from .scan import Scan, same_stat, scan_folder
 from .store import GalleryReader, RowBlock
+from .write import write_rows
 
 #: An approximate index is rebuilt (re-trained, re-tuned) when the gallery has grown or shrunk by this factor.
 RETUNE_FACTOR = 2.0
@@ -249,66 +250,6 @@ def label_codes(names: list, new_labels: set) -> dict:
     return code
 
 
-def write_rows(tmp: str, old: Optional[GalleryReader], plan: Plan, deleted: np.ndarray, compact: bool,
-               journal: dict, pending: _store.PendingLog, code: dict, attrs: dict, dim: int,
-               names: list, skipped: list) -> tuple[int, int]:
-    """The new row store at ``tmp``: kept old rows first, then the journal's rows.
-
-    Without compaction the committed file is copied byte for byte and patched (only the journal's
-    rows are written, plus the ``deleted`` and ``mtime`` columns), so an update costs the size of
-    the change, not of the gallery; with compaction, or for a first build, a complete store is
-    streamed.
-
-    Returns:
-        ``(first new row id, rows written)``.
-    """
-    rows = plan.old
-    writer = None
-    if old is not None and not compact and isinstance(old, _store.GalleryFile):
-        writer = _store.GalleryWriter.patch_copy(old.path, tmp, rows_after=rows.n + len(journal))
-    try:
-        if writer is not None:
-            assert writer.n == rows.n, "the copied store must hold the rows read from it"
-            writer.set_column("deleted", deleted)
-            if plan.touched:
-                writer.set_column("mtime", rows.mtime)
-        else:
-            writer = _store.GalleryWriter(tmp, dim, attrs, expected_rows=rows.n + len(journal))
-            if old is not None:
-                _copy_old_rows(writer, old, rows, deleted, compact)
-        first_new = writer.n
-        _append_journal(writer, journal, pending, code)
-        writer.finish(names, skipped, attrs)
-    except BaseException:
-        writer.abort()
-        raise
-    return first_new, writer.n
-
-
-def _copy_old_rows(writer, old: GalleryReader, rows: OldRows, deleted: np.ndarray, compact: bool) -> None:
-    """Stream the committed rows into a new store (all of them, or the live ones when compacting)."""
-    keep_old = np.flatnonzero(~deleted) if compact else np.arange(rows.n)
-    labels = old.labels()
-    for ids, emb in old.source(keep_old).blocks(_store.BLOCK_ROWS):
-        writer.append([rows.relpaths[i] for i in ids], labels[ids], [rows.sha256[i] for i in ids],
-                      rows.mtime[ids], rows.size[ids], emb, deleted[ids])
-
-
-def _append_journal(writer, journal: dict, pending: _store.PendingLog, code: dict) -> None:
-    """Append the journal's rows (``relpath -> (segment, row)``), segment by segment."""
-    by_seg: dict = {}
-    for seg, j in journal.values():
-        by_seg.setdefault(seg, []).append(j)
-    for seg in sorted(by_seg):
-        block = pending.read(seg)
-        take = sorted(by_seg[seg])
-        writer.append([block.relpaths[j] for j in take],
-                      np.asarray([code.get(block.labels[j], -1) if block.labels[j] else -1 for j in take],
-                                 "int64"),
-                      [block.sha256[j] for j in take], block.mtime[take], block.size[take],
-                      block.embeddings[take], np.zeros(len(take), "uint8"))
-
-
 # --------------------------------------------------------------------------- index
 
 
@@ -467,8 +408,10 @@ def _publish(folder: Path, source: Path, embedder, old: Optional[GalleryReader],
     code = label_codes(names, {label_of[r] for r in journal})
     attrs = store_attrs(old, embedder, source, plan.label_mode, factory)
     tmp = _store.temp_store_path(folder)
-    first_new, n_rows = write_rows(tmp, old, plan, deleted, compact, journal, pending, code, attrs, embedder.dim,
-                                   names, skipped)
+    first_new, n_rows, patched = write_rows(tmp, old, plan, deleted, compact, journal, pending, code, attrs,
+                                            embedder.dim, names, skipped)
+    # a complete store records its size, against which patched copies' growth is judged (patchable)
+    rewrite = {} if patched else {"rewrite_bytes": os.path.getsize(tmp), "rewrite_rows": n_rows}
     new = _store.GalleryFile(tmp)
     try:
         ann, state, live = index_rows(folder, old, new, factory, first_new, newly_deleted, compact, progress)
@@ -482,7 +425,7 @@ def _publish(folder: Path, source: Path, embedder, old: Optional[GalleryReader],
                          seconds=time.perf_counter() - t0, index=state, factory=ann.factory, rows=live)
     manifest = gallery_manifest(attrs, ann, report, n_rows=n_rows, live=live, label_count=len(names))
     _store.commit(folder, tmp, ann, manifest, {"index_factory": ann.factory,
-                                               "index_params": json.dumps(ann.params, sort_keys=True)})
+                                               "index_params": json.dumps(ann.params, sort_keys=True), **rewrite})
     pending.clear()
     return report
 
