@@ -7,15 +7,12 @@ first build, a compaction, or a file that patching has grown too much is written
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Optional
+from typing import Any, Optional
 
 import numpy as np
 
 from . import store as _store
 from .store import GalleryReader
-
-if TYPE_CHECKING:  # (sync imports this module)
-    from .sync import OldRows, Plan
 
 #: An update patches a copy of ``gallery.h5`` while the file stays within this factor of the size a complete
 #: rewrite gave it (scaled to its rows), plus :data:`PATCH_SLACK_BYTES`; else it rewrites it (:func:`patchable`).
@@ -23,10 +20,12 @@ PATCH_GROWTH = 1.25
 PATCH_SLACK_BYTES = 1 << 20
 
 
-def write_rows(tmp: str, old: Optional[GalleryReader], plan: "Plan", deleted: np.ndarray, compact: bool,
+def write_rows(tmp: str, old: Optional[GalleryReader], plan: Any, deleted: np.ndarray, compact: bool,
                journal: dict, pending: _store.PendingLog, code: dict, attrs: dict, dim: int,
                names: list, skipped: list) -> tuple[int, int, bool]:
     """The new row store at ``tmp``: kept old rows first, then the journal's rows.
+
+    ``plan`` is the run's :class:`siamsearch.gallery.sync.Plan` (its ``old`` rows and ``touched`` count).
 
     Without compaction the committed file is copied byte for byte and patched (only the journal's
     rows are written, plus the ``deleted`` and ``mtime`` columns), so an update costs the size of
@@ -81,7 +80,7 @@ def patchable(old: GalleryReader, rows_after: int) -> bool:
     return size <= PATCH_GROWTH * base * max(rows_after, 1) / base_rows + PATCH_SLACK_BYTES
 
 
-def _copy_old_rows(writer, old: GalleryReader, rows: "OldRows", deleted: np.ndarray, compact: bool) -> None:
+def _copy_old_rows(writer, old: GalleryReader, rows: Any, deleted: np.ndarray, compact: bool) -> None:
     """Stream the committed rows into a new store (all of them, or the live ones when compacting)."""
     keep_old = np.flatnonzero(~deleted) if compact else np.arange(rows.n)
     labels = old.labels()
