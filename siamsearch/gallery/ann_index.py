@@ -13,8 +13,8 @@ from ..core.distance import squared_to_distance
 from ..core.errors import SiamsearchError
 from ..core.files import atomic_path
 from ..metrics.knn import as_ids, as_vectors, exact_knn, knn_recall_at_k
-from .ann_factory import (EFSEARCH_LADDER, IVF_TRAIN_ITERATIONS, NPROBE_LADDER, REBUILD_SHARE, RERANK_FACTOR,
-                          TUNE_RECALL, _kind)
+from .ann_factory import (EFSEARCH_LADDER, IVF_TRAIN_ITERATIONS, NPROBE_LADDER, MAX_REFINE_K_FACTOR, REBUILD_SHARE, REFINE_K_FACTOR,
+                          RERANK_FACTOR, TUNE_RECALL, _kind)
 
 @dataclass
 class _Parts:
@@ -60,9 +60,12 @@ class AnnIndex:
     def empty(cls, dim: int, factory: str) -> "AnnIndex":
         """An untrained, empty index for a resolved ``factory`` (see :func:`resolve_factory`)."""
         inner = faiss.index_factory(int(dim), factory, faiss.METRIC_L2)
+        params = {}
+        if isinstance(faiss.downcast_index(inner), faiss.IndexRefine):
+            params["k_factor"] = REFINE_K_FACTOR
         if not isinstance(faiss.downcast_index(inner), faiss.IndexIVF):
             inner = faiss.IndexIDMap2(inner)  # IVF stores ids itself; IDMap2 over IVF breaks remove_ids
-        return cls(inner, factory)
+        return cls(inner, factory, params)
 
     @property
     def index(self) -> faiss.Index:
@@ -93,8 +96,10 @@ class AnnIndex:
 
     @property
     def exact_distances(self) -> bool:
-        """True when stored vectors are uncompressed (Flat, HNSW-Flat, IVF-Flat) so distances are exact."""
-        return isinstance(self._p.base, (faiss.IndexFlat, faiss.IndexHNSWFlat, faiss.IndexIVFFlat))
+        """True when distances are exact: stored vectors uncompressed (Flat, HNSW-Flat, IVF-Flat) or
+        candidates re-ranked against them inside the index (``...,RFlat``)."""
+        return isinstance(self._p.base, (faiss.IndexFlat, faiss.IndexHNSWFlat, faiss.IndexIVFFlat,
+                                         faiss.IndexRefineFlat))
 
     @property
     def removal(self) -> str:
@@ -179,6 +184,8 @@ class AnnIndex:
         return 0
 
     def _apply_params(self) -> None:
+        if isinstance(self._p.base, faiss.IndexRefine) and "k_factor" in self.params:
+            self._p.base.k_factor = float(self.params["k_factor"])
         name = self._param_name()
         if name and name in self.params:
             self._set_param(int(self.params[name]))
@@ -187,14 +194,19 @@ class AnnIndex:
         if self.kind == "ivf":
             faiss.extract_index_ivf(self._p.index).nprobe = int(value)
         elif self.kind == "hnsw":
-            self._p.base.hnsw.efSearch = int(value)
+            faiss.downcast_index(self._hnsw_owner()).hnsw.efSearch = int(value)
 
     def _get_param(self) -> int:
         if self.kind == "ivf":
             return int(faiss.extract_index_ivf(self._p.index).nprobe)
         if self.kind == "hnsw":
-            return int(self._p.base.hnsw.efSearch)
+            return int(faiss.downcast_index(self._hnsw_owner()).hnsw.efSearch)
         return 0
+
+    def _hnsw_owner(self) -> faiss.Index:
+        """The HNSW index itself (inside a refine index, its first stage)."""
+        base = self._p.base
+        return base.base_index if isinstance(base, faiss.IndexRefine) else base
 
     def set_search_param(self, value: int) -> None:
         """Set ``nprobe`` (IVF) or ``efSearch`` (HNSW) by hand; recorded in :attr:`params`."""
@@ -230,17 +242,40 @@ class AnnIndex:
         ladder = NPROBE_LADDER if self.kind == "ivf" else EFSEARCH_LADDER
         top = self._param_max()
         values = [v for v in ladder if v < top] + [top]
-        chosen, recall = values[-1], 0.0
-        for v in values:
-            _, got = self._raw_search(queries, k, v)
-            chosen, recall = v, knn_recall_at_k(got, truth)
-            if recall >= target_recall:
+        refine = self._p.base if isinstance(self._p.base, faiss.IndexRefine) else None
+        while True:
+            chosen, recall = values[-1], 0.0
+            for v in values:
+                _, got = self._raw_search(queries, k, v)
+                chosen, recall = v, knn_recall_at_k(got, truth)
+                if recall >= target_recall:
+                    break
+            if refine is None or recall >= target_recall or refine.k_factor >= MAX_REFINE_K_FACTOR:
                 break
+            refine.k_factor = refine.k_factor * 2  # the codes rank too coarsely: re-rank a wider net
+        self._set_param(chosen)
+        if refine is not None:
+            recall = self._narrow_refine(queries, truth, target_recall, recall) if recall >= target_recall else recall
+            self.params["k_factor"] = int(refine.k_factor)
         self.params.update({name: int(chosen), "tuned_recall_at_10": round(float(recall), 4),
                             "tuning_target": target_recall, "tuned_on": int(len(self)),
                             "tuning_queries": int(len(queries))})
-        self._set_param(chosen)
         return self.params
+
+    def _narrow_refine(self, queries: np.ndarray, truth: np.ndarray, target_recall: float, recall: float) -> float:
+        """Halve a refine index's ``k_factor`` (fewer exact re-rankings) while recall stays at the target;
+        returns the recall at the kept value, which :attr:`params` records."""
+        refine = self._p.base
+        while refine.k_factor > 2:
+            kept = refine.k_factor
+            refine.k_factor = kept / 2
+            _, got = self._raw_search(queries, truth.shape[1])
+            narrower = knn_recall_at_k(got, truth)
+            if narrower < target_recall:
+                refine.k_factor = kept
+                break
+            recall = narrower
+        return recall
 
     # ---- search
 
@@ -253,15 +288,25 @@ class AnnIndex:
         searches (``siamsearch serve``) that widen a short search do not change each other's parameters.
         """
         kw, keep = {}, ()
+        refine = self._p.base if isinstance(self._p.base, faiss.IndexRefine) else None
+        if refine is not None and not self.tombstones:
+            # a refine index takes its own parameter type, the first stage's nested in it (with tombstones,
+            # the id map's selector replaces it and the search falls back to setting the index's parameter)
+            inner, _ = self._search_params_of(self.kind, value, {})
+            return faiss.IndexRefineSearchParameters(k_factor=float(refine.k_factor), base_index_params=inner), (inner,)
         if self.tombstones:
             batch = faiss.IDSelectorBatch(np.fromiter(self.tombstones, dtype="int64", count=len(self.tombstones)))
             kw["sel"] = faiss.IDSelectorNot(batch)
             keep = (batch, kw["sel"])
-        if self.kind == "ivf":
-            return faiss.SearchParametersIVF(nprobe=int(value), **kw), keep
-        if self.kind == "hnsw":
-            return faiss.SearchParametersHNSW(efSearch=int(value), **kw), keep
-        return (faiss.SearchParameters(**kw) if kw else None), keep
+        return self._search_params_of(self.kind, value, kw)[0], keep
+
+    @staticmethod
+    def _search_params_of(kind: str, value: int, kw: dict) -> tuple:
+        if kind == "ivf":
+            return faiss.SearchParametersIVF(nprobe=int(value), **kw), ()
+        if kind == "hnsw":
+            return faiss.SearchParametersHNSW(efSearch=int(value), **kw), ()
+        return (faiss.SearchParameters(**kw) if kw else None), ()
 
     def _flat_search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact search of a Flat index with :func:`siamsearch.metrics.knn.exact_knn` over the index's own
