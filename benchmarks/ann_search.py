@@ -225,6 +225,7 @@ def main() -> None:
                          "IVF-PQ fast-scan + RFlat, HNSW32; quick: none; 'none' for none]")
     ap.add_argument("--repeats", type=int, default=3, help="timings of each index (alternated with exact) [3]")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--results-name", default="ann_search", help="results file name (benchmarks/results/NAME.json)")
     ap.add_argument("--data", default=None, help="unused (synthetic data); accepted for the benchmark runner")
     args = ap.parse_args()
     n = args.n or (300_000 if args.quick else 1_000_000)
@@ -272,7 +273,7 @@ def main() -> None:
                          tuned or "-", f"{c['recall_at_10']:.4f}", f"{c['qps']:,.0f}", f"{c['exact_qps']:,.0f}",
                          f"{c['speedup']:.1f}x", f"{c['cpu_speedup']:.1f}x", f"{c['build_seconds']:.0f} s",
                          f"{c['index_mb']:,.0f} MB", "yes" if c["meets_target"] else "no"))
-    path = write_results("ann_search", payload, rows,
+    path = write_results(args.results_name, payload, rows,
                          ("data", "vectors", "index", "tuned", "recall@10", "queries/s", "exact queries/s",
                           "speed-up", "by CPU time", "build", "index size",
                           f">= {TARGET_RECALL} at >= {TARGET_SPEEDUP:.0f}x"),
