@@ -28,6 +28,8 @@ from ..core.images import sha256_file
 ENGINES = ("local", "ray")
 RAY_HINT = "pip install 'siamsearch[ray]'"
 _MODEL_ERROR = "siamsearch: model unreadable on worker"
+#: Seconds the Ray pipeline waits for its embedding actors to start (a cluster without the resources fails then).
+ACTOR_START_TIMEOUT_S = 300
 
 
 @dataclass
@@ -217,16 +219,15 @@ class EmbedActor:
 def _actor_resources(ray) -> tuple[int, dict, int]:
     """(actors, resources per actor, torch threads per actor).
 
-    With GPUs: one actor per GPU. On CPUs only: one actor per two CPUs, each reserving one CPU
-    (the other is left to the decode tasks) but running two threads, as the local engine's model
-    shares the cores with its decoding workers.
+    With GPUs: one actor per GPU. On CPUs only: one actor per two CPUs, spread over the nodes, each
+    reserving one CPU but running two threads and decoding its own batches, as the local engine does.
     """
     res = ray.cluster_resources()
     gpus = int(res.get("GPU", 0))
     if gpus:
         return gpus, {"num_gpus": 1, "num_cpus": 1}, 1
     cpus = int(res.get("CPU", 1))
-    return max(1, cpus // 2), {"num_cpus": 1}, 2
+    return max(1, cpus // 2), {"num_cpus": 1, "scheduling_strategy": "SPREAD"}, 2
 
 
 def run_ray(tasks: list, source: Path, embedder, batch_size: int, progress: bool) -> Iterator[ShardResult]:
@@ -245,8 +246,13 @@ def run_ray(tasks: list, source: Path, embedder, batch_size: int, progress: bool
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # rows come back in task order: one shard pending at a time
     ctx.enable_progress_bars = bool(progress)
+    # start every actor before any block is handed out: otherwise the first actor up (the driver's node,
+    # where the model is warm in the page cache) takes a small job's blocks before the others exist
+    ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
     actors, resources, threads = _actor_resources(ray)
-    blocks = max(1, min(len(items) // max(batch_size, 1), 4 * max(1, int(ray.cluster_resources().get("CPU", 1)))))
+    # at least 4 blocks per actor, so that every actor gets work even when a small job's blocks are few
+    blocks = max(4 * actors, min(len(items) // max(batch_size, 1), 4 * max(1, int(ray.cluster_resources().get("CPU", 1)))))
+    blocks = max(1, min(blocks, len(items)))
     ds = ray.data.from_items(items, override_num_blocks=blocks)
     device = "cuda" if resources.get("num_gpus") else "cpu"
     if device == "cuda":  # GPU actors are fed by decoding tasks on the CPUs (not fused into the actors)
