@@ -156,7 +156,10 @@ def test_small_embedding_jobs_decode_in_process(tmp_path, tiny_model, monkeypatc
     _blob(src / "id_0" / "new.png", 7)
     _update(tmp_path / "gal", workers=2)
     assert seen == [0]  # one image: starting worker processes would cost more than decoding it here
-    assert sync.decode_workers(2, sync.INPROCESS_DECODE_MAX) == 2 and sync.decode_workers(2, 3) == 0
+    from siamsearch.gallery import engines
+
+    many = ["x"] * engines.INPROCESS_DECODE_MAX
+    assert engines.decode_workers(2, many) == 2 and engines.decode_workers(2, many[:3]) == 0
 
 
 def test_scan_lists_files_in_list_images_order(tmp_path):
@@ -206,3 +209,21 @@ def test_patched_file_that_grew_too_much_is_written_complete_again(tmp_path, tin
     _blob(src / "id_2" / "new.png", 3)
     _update(out)
     assert appended == [1]  # and patched again after that
+
+
+def test_default_workers_follow_cores_and_file_size(tmp_path, monkeypatch):
+    from siamsearch.gallery import engines
+
+    small, big = tmp_path / "small.bin", tmp_path / "big.bin"
+    small.write_bytes(b"x" * 1000)
+    big.write_bytes(b"x" * (engines.SMALL_FILE_BYTES * 2))
+    monkeypatch.setattr(engines.os, "cpu_count", lambda: 1)
+    assert engines.default_workers([str(big)]) == 0
+    monkeypatch.setattr(engines.os, "cpu_count", lambda: 2)  # small files decode in-process, photos in 2 workers
+    assert engines.default_workers([str(small)] * 10) == 0 and engines.default_workers([str(big)] * 10) == 2
+    assert engines.default_workers() == 2 and engines.default_workers([str(tmp_path / "gone")]) == 2
+    monkeypatch.setattr(engines.os, "cpu_count", lambda: 16)
+    assert engines.default_workers([str(small)]) == 4
+    paths = [str(small)] * engines.INPROCESS_DECODE_MAX
+    assert engines.decode_workers(None, paths) == 4 and engines.decode_workers(None, paths[:10]) == 0
+    assert engines.decode_workers(3, paths) == 3

@@ -32,7 +32,8 @@ from .scan import LABEL_MODES
 from .store import GalleryReader
 from .sharded import load_sharded_index, sync_sharded
 from .shards import SHARDS_DIR, STORE_NAME, ShardedReader
-from .sync import default_workers, json_or_raw, load_index, sync
+from .engines import default_workers
+from .sync import json_or_raw, load_index, sync
 from ..core.files import PathLike
 
 __all__ = ["Gallery", "SearchResult", "BuildReport", "update_gallery", "default_workers", "LABEL_MODES"]

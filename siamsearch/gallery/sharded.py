@@ -36,7 +36,7 @@ from . import store as _store
 from .engines import ENGINES, RaySession, ShardResult, ShardTask, run_local, run_ray
 from .results import BuildReport
 from .scan import same_stat
-from .sync import Plan, scan_source, store_attrs, gallery_manifest, default_workers, json_or_raw, label_codes, plan_sync
+from .sync import Plan, scan_source, store_attrs, gallery_manifest, json_or_raw, label_codes, plan_sync
 
 #: Images per shard when none is given.
 SHARD_SIZE = 100_000
@@ -203,7 +203,6 @@ def _embed(folder: Path, source: Path, embedder, tasks: list, journal: ShardJour
             for res in run_ray(tasks, source, embedder, batch_size, progress):
                 embedded += _write_result(folder, res, journal, stat, label_of)
     else:
-        workers = default_workers() if workers is None else int(workers)
         for res in run_local(tasks, source, embedder, batch_size, workers, progress):
             embedded += _write_result(folder, res, journal, stat, label_of)
     return embedded

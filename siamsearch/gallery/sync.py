@@ -37,30 +37,11 @@ from .results import BuildReport
 from . import guards
 from .scan import Scan, same_stat, scan_folder
 from .store import GalleryReader, RowBlock
+from .engines import decode_workers
 from .write import write_rows
 
 #: An approximate index is rebuilt (re-trained, re-tuned) when the gallery has grown or shrunk by this factor.
 RETUNE_FACTOR = 2.0
-
-
-#: An embedding job of fewer images than this decodes in this process even when workers are asked for:
-#: starting DataLoader worker processes (fork, pipes, the first prefetched batch) costs about as much as
-#: decoding a few hundred small images, and so many make only a few batches with little to overlap. An
-#: update of a 1 % change of a 20,000-image gallery (200 images) is such a job.
-INPROCESS_DECODE_MAX = 256
-
-
-def default_workers() -> int:
-    """DataLoader workers used when none are given: one per spare core, at least 2 and at most 4 (none on
-    a single core). Two on two cores: decoding then keeps up better with the model's two threads (2,200
-    small images on 2 idle cores: 1,640 images/s with 2 workers, 1,180 with 1, 1,490 decoding in-process)."""
-    cores = os.cpu_count() or 1
-    return 0 if cores < 2 else min(4, max(2, cores - 1))
-
-
-def decode_workers(workers: int, n_images: int) -> int:
-    """The decoding workers for a job of ``n_images``: ``workers``, or 0 below :data:`INPROCESS_DECODE_MAX`."""
-    return int(workers) if n_images >= INPROCESS_DECODE_MAX else 0
 
 
 # --------------------------------------------------------------------------- plan
@@ -215,7 +196,7 @@ def embed_missing(plan: Plan, source: Path, embedder, pending: _store.PendingLog
             buf.clear()
             buf_emb.clear()
 
-    for batch in embedder.embed_files(paths, batch_size=batch_size, workers=decode_workers(workers, len(paths)),
+    for batch in embedder.embed_files(paths, batch_size=batch_size, workers=decode_workers(workers, paths),
                                       progress=progress):
         skipped += [(to_embed[pos], reason) for pos, reason in batch.failures]
         good = []
@@ -346,7 +327,6 @@ def sync(folder: Path, source: Path, embedder, old: Optional[GalleryReader], fac
     _store.remove_stale_temps(folder)
     if batch_size < 1:
         raise SiamsearchError(f"batch size must be at least 1, got {batch_size}")
-    workers = default_workers() if workers is None else int(workers)
     dim, scan, mode = scan_source(folder, source, old, embedder.dim, label_mode)
     pending = _store.PendingLog(folder, embedder.fingerprint, str(source), dim, mode)
     journal = journal_records(pending, scan.stat())  # rows recovered from an interrupted run
