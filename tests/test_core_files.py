@@ -38,3 +38,14 @@ def test_check_fingerprint_names_both_models_and_the_fix():
     with pytest.raises(FingerprintMismatch) as e:
         check_fingerprint("abc", "def", made="index/x was built with", what="the given model", fix="rebuild it")
     assert str(e.value) == "index/x was built with model abc, but the given model is model def; rebuild it"
+
+
+def test_local_path_refuses_urls_and_keeps_paths():
+    from siamsearch.core.errors import SiamsearchError
+    from siamsearch.core.files import local_path
+
+    for url in ("s3://bucket/gallery", "gs://b/x", "https://host/m.pt", "file:///tmp/x"):
+        with pytest.raises(SiamsearchError, match="mount the bucket"):
+            local_path(url, "gallery folder")
+    for path in ("index/faces", "/mnt/s3/gallery", "C:/data", "weird:name"):
+        assert local_path(path, "gallery folder") == path

@@ -305,3 +305,29 @@ def test_evaluate_opens_a_sharded_gallery(tmp_path, tiny_model):
     assert c["n_items"] == 36 and c["index_type"].startswith("IVF")
     # every list is probed on so small a gallery: the deployed index agrees with exact search
     assert c["deployed"]["map_at_r"] == pytest.approx(c["exact"]["map_at_r"])
+
+
+def test_object_storage_url_is_refused_not_made_a_local_folder(tmp_path, tiny_model, monkeypatch):
+    src = make_identity_folders(tmp_path / "imgs", n_ids=2, per_id=4)
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["index", "build", str(src), "--model", str(tiny_model), "--out",
+                                    "s3://bucket/gallery", "--shard-size", "4", "--no-progress"])
+    assert res.exit_code == 2 and "mount the bucket" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "s3:").exists()
+    with pytest.raises(SiamsearchError, match="is a URL"):
+        Gallery.open("gs://bucket/gallery")
+
+
+def test_a_filesystem_without_flock_is_named_not_taken_for_a_running_build(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    from siamsearch.gallery import store
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with pytest.raises(GalleryError, match="does not support flock") as e:
+        store.FolderLock(tmp_path / "g")
+    assert "another build" not in str(e.value)

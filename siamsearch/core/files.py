@@ -10,11 +10,32 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from typing import Iterator, Union
 
+from .errors import SiamsearchError
+
 #: A file-system path as accepted everywhere in siamsearch.
 PathLike = Union[str, os.PathLike]
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+
+
+def local_path(path: PathLike, what: str) -> PathLike:
+    """``path`` itself, after checking that it is not a URL (``s3://``, ``gs://``, ``https://``...).
+
+    siamsearch reads and writes files through the operating system only; a URL given as a
+    path would otherwise become a local folder named ``s3:``.
+
+    Raises:
+        SiamsearchError: for a URL, saying to mount the storage and give the mounted path.
+    """
+    if isinstance(path, str) and _URL.match(path):
+        raise SiamsearchError(f"{what} {path!r} is a URL; siamsearch reads and writes local or mounted paths "
+                              "only (object storage through fsspec is not implemented): mount the bucket or "
+                              "shared filesystem (s3fs, gcsfuse, NFS) and give its path; see docs/scale.md")
+    return path
 
 
 def fsync_path(path: PathLike) -> None:

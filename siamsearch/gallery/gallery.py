@@ -34,7 +34,7 @@ from .sharded import load_sharded_index, sync_sharded
 from .shards import SHARDS_DIR, STORE_NAME, ShardedReader
 from .engines import default_workers
 from .sync import json_or_raw, load_index, sync
-from ..core.files import PathLike
+from ..core.files import PathLike, local_path
 
 __all__ = ["Gallery", "SearchResult", "BuildReport", "update_gallery", "default_workers", "LABEL_MODES"]
 
@@ -99,11 +99,11 @@ class Gallery:
                 (or none readable); a re-build that would remove more than half of ``out``'s images.
             GalleryInterrupted: Ctrl-C; its message says what was kept.
         """
-        source = Path(image_dir)
+        source = Path(local_path(image_dir, "image folder"))
         if not source.is_dir():
             raise SiamsearchError(f"{source} is not a folder; give the folder of images to index")
         source = source.resolve()
-        folder = Path(out) if out is not None else Path("index") / source.name
+        folder = Path(local_path(out, "gallery folder")) if out is not None else Path("index") / source.name
         if labels is not None and labels not in LABEL_MODES:
             raise SiamsearchError(f"labels must be one of {', '.join(LABEL_MODES)} or None, got {labels!r}")
         embedder = load_embedder(model, device)
@@ -142,7 +142,7 @@ class Gallery:
             FingerprintMismatch: ``model`` is not the model that built the gallery (both named).
         """
         embedder = load_embedder(model, "auto") if model is not None and not is_embedder(model) else model
-        return cls._open(Path(path), embedder, None)
+        return cls._open(Path(local_path(path, "gallery folder")), embedder, None)
 
     @classmethod
     def _open(cls, folder: Path, model: Any, report: Optional[BuildReport]) -> "Gallery":

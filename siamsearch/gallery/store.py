@@ -227,9 +227,14 @@ class FolderLock:
         self.f = open(self.folder / LOCK_NAME, "a+")
         try:
             fcntl.flock(self.f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             self.f.close()
             raise GalleryError(f"another build or update is running on {self.folder}; wait for it to finish") from None
+        except OSError as e:  # ENOSYS, ENOLCK...: the filesystem cannot lock
+            self.f.close()
+            raise GalleryError(f"cannot lock {self.folder / LOCK_NAME} ({e.strerror}): its filesystem does not "
+                               "support flock (Lustre: mount with -o flock); build on a local disk or NFS "
+                               "and copy the gallery there, see docs/scale.md") from None
 
     def release(self) -> None:
         if not self.f.closed:
