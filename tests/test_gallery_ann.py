@@ -264,12 +264,16 @@ def test_auto_falls_back_when_ivf_is_too_slow_at_the_recall_target(monkeypatch):
     result records what was tried."""
     import siamsearch.gallery.ann_factory as factory_mod
 
+    import siamsearch.gallery.ann as ann_mod
+
     monkeypatch.setattr(factory_mod, "EXACT_BUDGET", 1000)  # make auto leave exact search at this small size
+    # timings at this size are noise: put the bar out of reach so the whole chain is built every time
+    monkeypatch.setattr(ann_mod, "AUTO_MIN_SPEEDUP", 1e9)
     both = _isotropic(4050, 16, 5)
     x, q = both[:4000], both[4000:]
     ann = build_index(ArraySource(x), factory="auto")
-    tried = {ann.factory} | {a["factory"] for a in ann.params["alternatives"]}
-    assert "IVF256,Flat" in tried and "IVF256,PQ4x4fs,RFlat" in tried and len(tried) >= 2
+    tried = [ann.factory] + [a["factory"] for a in ann.params["alternatives"]]
+    assert sorted(tried) == sorted(["IVF256,Flat", "IVF256,PQ4x4fs,RFlat", "HNSW32"])
     assert ann.params["requested"] == "auto" and ann.params["estimated_speedup"] > 0
     _, found = ann.search(q, 10)
     assert knn_recall_at_k(found, exact(x, np.arange(4000), q, 10)[1]) >= 0.9
