@@ -12,7 +12,9 @@ HNSW coarse quantizer, IVF fast-scan PQ with exact re-ranking, HNSW32):
   held-out queries in one batched call, the same threads);
 * queries/s of both, batched, best of ``--repeats`` timings alternated with
   the exact index's (the machine may be shared), by wall clock and per CPU
-  second of this process;
+  second of this process (with one thread the verdict uses the CPU-time ratio: it is
+  the ratio of the two searches' costs, while the wall-clock one also counts what
+  else the shared machine ran while either was being timed);
 * build time (choice + training + adding + tuning) and memory (serialised
   index bytes, RSS growth during the build).
 
@@ -163,9 +165,18 @@ def finish(row: dict, exact: Exact) -> dict:
     row["exact_qps"], row["exact_cpu_qps"] = round(exact.qps, 1), round(exact.cpu_qps, 1)
     row["speedup"] = round(row["qps"] / exact.qps, 2)
     row["cpu_speedup"] = round(row["cpu_qps"] / exact.cpu_qps, 2)
-    row["meets_target"] = bool(row["recall_at_10"] >= TARGET_RECALL and row["speedup"] >= TARGET_SPEEDUP)
-    row["meets_stretch"] = bool(row["recall_at_10"] >= TARGET_RECALL and row["speedup"] >= STRETCH_SPEEDUP)
+    # the verdict uses the CPU-time ratio: on one thread it is the ratio of the two searches' costs, while
+    # the wall-clock one also counts whatever else the shared machine ran while either was timed
+    ratio = row["cpu_speedup"] if row.get("threads", 1) == 1 else row["speedup"]
+    row["meets_target"] = bool(row["recall_at_10"] >= TARGET_RECALL and ratio >= TARGET_SPEEDUP)
+    row["meets_stretch"] = bool(row["recall_at_10"] >= TARGET_RECALL and ratio >= STRETCH_SPEEDUP)
     return row
+
+
+def faiss_threads() -> int:
+    import faiss
+
+    return int(faiss.omp_get_max_threads())
 
 
 def candidates(n: int, dim: int) -> list[str]:
@@ -194,6 +205,7 @@ def run_variant(name: str, n: int, dim: int, nq: int, factory: str, others: list
             continue  # auto built and tuned exactly this one: its row stands for both
         rows.append(measure(name, other, xb, exact, repeats))
     for r in rows:
+        r["threads"] = faiss_threads()
         finish(r, exact)
         print(f"[{name}] {r['factory']}: recall@10 {r['recall_at_10']:.4f}, {r['qps']:.0f} queries/s = "
               f"{r['speedup']:.1f}x exact ({r['cpu_speedup']:.1f}x by CPU time), build {r['build_seconds']:.0f} s, "
@@ -247,7 +259,7 @@ def main() -> None:
     summary = {"n": n}
     for r in runs:
         summary.update({f"{r['variant']}_factory": r["factory"], f"{r['variant']}_recall_at_10": r["recall_at_10"],
-                        f"{r['variant']}_speedup": r["speedup"]})
+                        f"{r['variant']}_speedup_cpu": r["cpu_speedup"], f"{r['variant']}_speedup_wall": r["speedup"]})
     summary["all_meet_target"] = all(r["meets_target"] for r in runs)
     summary["all_meet_stretch"] = all(r["meets_stretch"] for r in runs)
     payload = {
@@ -277,9 +289,11 @@ def main() -> None:
                          ("data", "vectors", "index", "tuned", "recall@10", "queries/s", "exact queries/s",
                           "speed-up", "by CPU time", "build", "index size",
                           f">= {TARGET_RECALL} at >= {TARGET_SPEEDUP:.0f}x"),
-                         f"Approximate search ({args.threads} threads, {args.queries} batched queries; "
-                         f"load average at the end {payload['load_average_end'][0]})")
-    print(f"speed-up of the auto index over exact search: {head['speedup']:.1f}x at recall@10 "
+                         f"Approximate search ({args.threads} thread(s), {args.queries} batched queries; "
+                         f"load average at the end {payload['load_average_end'][0]}; verdict by the CPU-time "
+                         "ratio on one thread, see the script's docstring)")
+    print(f"speed-up of the auto index over exact search: {head['cpu_speedup']:.1f}x by CPU time, "
+          f"{head['speedup']:.1f}x by wall clock, at recall@10 "
           f"{head['recall_at_10']:.4f} -> {path}")
 
 
