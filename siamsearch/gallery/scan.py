@@ -103,9 +103,10 @@ def _listing(source: Path) -> list:
             reldir = reldir.replace(os.sep, "/")
         prefix = reldir + "/" if reldir else ""
         label = label_of(prefix + "file")
-        out += [(prefix + n, dirpath + os.sep + n, label) for n in names]
-    out.sort(key=lambda item: item[0].split("/"))
-    return out
+        key_prefix = prefix.replace("/", "\0")  # NUL sorts below every character of a name: the order of
+        out += [(key_prefix + n, prefix + n, dirpath + os.sep + n, label) for n in names]  # path components
+    out.sort()  # by the first element (unique): C string comparisons, no key function per file
+    return [item[1:] for item in out]
 
 
 def same_stat(size_a, mtime_a, size_b, mtime_b) -> bool:
