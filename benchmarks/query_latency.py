@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import ROOT, write_results  # noqa: E402
 
 WORK = ROOT / "benchmarks" / "data" / "query_latency"
-TARGET_RATIO = 3.0
+TARGET_RATIO = 1.5  # issue 14 (issue 4 asked for 3x)
 IDENTITIES = 1000
 SIZE = 28
 

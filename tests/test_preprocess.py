@@ -221,3 +221,31 @@ def test_tensor_step_equals_torchvision_to_tensor_then_normalize(channels):
     out = _ToNormalizedTensor(mean, std)(img)
     assert out.shape == ref.shape == (channels, 9, 7) and out.is_contiguous()
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("short_side", [False, True])
+@pytest.mark.parametrize("wh", [(28, 28), (100, 37), (37, 100), (64, 64), (13, 200), (640, 480)])
+def test_resize_gives_torchvision_pixels(short_side, wh):
+    from torchvision import transforms as T
+
+    from siamsearch.core.preprocess import _Resize
+
+    rng = np.random.default_rng(sum(wh))
+    img = Image.fromarray(rng.integers(0, 256, (wh[1], wh[0], 3), dtype=np.uint8))
+    bilinear = T.InterpolationMode.BILINEAR
+    ref = (T.Compose([T.Resize(32, interpolation=bilinear, antialias=True), T.CenterCrop(32)]) if short_side
+           else T.Resize((32, 32), interpolation=bilinear, antialias=True))(img)
+    out = _Resize(32, short_side)(img)
+    assert out.size == ref.size == (32, 32)
+    assert np.array_equal(np.asarray(out), np.asarray(ref))
+
+
+def test_loading_a_model_does_not_import_torchvision():
+    import subprocess
+    import sys
+
+    code = ("import sys; from siamsearch.core.embedder import load_model; "
+            "from siamsearch.core.preprocess import build_transform; "
+            "print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
