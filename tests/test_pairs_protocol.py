@@ -197,6 +197,59 @@ def test_cli_evaluate_pairs_file(tiny_model, lfw, tmp_path):
     assert r.exit_code == 2 and "--images DIR" in r.output and "Traceback" not in r.output
 
 
+@pytest.mark.parametrize("extra, names", [
+    (["--protocol", "identification"], ["--protocol identification"]),
+    (["--protocol", "oneshot"], ["--protocol oneshot"]),
+    (["--limit", "5"], ["--limit"]),
+    (["--split", "test"], ["--split"]),
+    (["--format", "idx"], ["--format idx"]),
+    (["--limit", "5", "--split", "train"], ["--limit", "--split"]),
+])
+def test_cli_pairs_file_refuses_dataset_options(tiny_model, lfw, tmp_path, extra, names):
+    """Options that only mean something for a dataset are a usage error with a pairs file, not ignored."""
+    pairs, images = lfw
+    out = tmp_path / "refused"
+    r = CliRunner().invoke(main, ["evaluate", "--model", str(tiny_model), "--pairs", str(pairs), "--images",
+                                  str(images), "--bootstrap", "0", "--out", str(out), *extra])
+    assert r.exit_code == 2, r.output
+    assert "with --pairs FILE" in r.output and "drop" in r.output and "Traceback" not in r.output
+    for name in names:
+        assert name in r.output
+    assert not out.exists()  # refused before anything ran
+
+
+@pytest.mark.parametrize("protocol", ["verification", "all"])
+def test_cli_pairs_file_accepts_verification_protocols(tiny_model, lfw, protocol):
+    pairs, images = lfw
+    r = CliRunner().invoke(main, ["evaluate", "--model", str(tiny_model), "--pairs", str(pairs), "--images",
+                                  str(images), "--bootstrap", "0", "--protocol", protocol, "--format", "auto",
+                                  "--json"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.output)
+    assert m["settings"]["protocol"] == "pairs" and m["verification"]["n_pairs"] == 48
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"protocol": "identification"}, "--protocol identification"),
+    ({"limit": 5}, "--limit"),
+    ({"split": "test"}, "--split"),
+    ({"format": "folders"}, "--format folders"),
+])
+def test_library_pairs_file_refuses_dataset_settings(tiny_model, lfw, kwargs, match):
+    pairs, images = lfw
+    with pytest.raises(SiamsearchError, match=match):
+        evaluate(tiny_model, None, pairs=pairs, images=images, n_boot=0, **kwargs)
+
+
+def test_skip_missing_without_a_pairs_file_is_refused(tiny_model, lfw):
+    _, images = lfw
+    r = CliRunner().invoke(main, ["evaluate", "--model", str(tiny_model), "--data", str(images), "--pairs", "100",
+                                  "--skip-missing"])
+    assert r.exit_code == 2 and "--skip-missing goes with --pairs FILE" in r.output, r.output
+    with pytest.raises(SiamsearchError, match="--skip-missing goes with a pairs file"):
+        evaluate(tiny_model, images, pairs=100, n_boot=0, skip_missing=True)
+
+
 @pytest.mark.shared
 def test_real_lfw_pairs_files_parse(shared_data):
     lfw = shared_data / "lfw"

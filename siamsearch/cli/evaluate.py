@@ -36,7 +36,7 @@ class _CountOrFile(click.ParamType):
 @format_option
 @split_option()
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default="all",
-              help="What to measure; all = everything the data allows.")
+              help="What to measure; all = everything the data allows (a pairs file: verification).")
 @click.option("--index", "index", default=None, type=click.Path(exists=True, file_okay=False),
               help="Gallery folder (index/NAME): compare exact search with its deployed index.")
 @click.option("--pairs", type=_CountOrFile(), default=20000,
@@ -49,7 +49,7 @@ class _CountOrFile(click.ParamType):
               help="With --pairs FILE: skip pairs whose images are missing or unreadable (counted in the report) "
                    "instead of stopping.")
 @seed_option("Seeds pairs, subsets, splits, CV folds and bootstrap.")
-@click.option("--limit", type=click.IntRange(2), default=None, help="Evaluate a seeded random subset of N images.")
+@click.option("--limit", type=click.IntRange(2), default=None, help="Evaluate a seeded random subset of N images of --data (a pairs file is scored whole).")
 @click.option("--bootstrap", "n_boot", type=click.IntRange(0), default=1000,
               help="Bootstrap replicates for 95% confidence intervals (0: none).")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
@@ -74,11 +74,18 @@ def evaluate(model, data, format_, split, protocol, index, pairs, images, skip_m
       siamsearch evaluate --model model.pt --index index/gallery
       siamsearch evaluate --model model.pt --pairs lfw/pairs.txt --images lfw/lfw-deepfunneled
     """
-    from ..evaluation.evaluate import evaluate as run_evaluate
+    from ..evaluation.evaluate import evaluate as run_evaluate, pairs_file_conflicts
 
     pairs_file = isinstance(pairs, str)
     if data is None and index is None and not pairs_file:
         raise click.UsageError("give --data (a dataset), --index (a gallery) or --pairs FILE (a pairs file) to evaluate on")
+    if pairs_file:
+        conflicts = pairs_file_conflicts(protocol, split, limit, format_)
+        if conflicts:
+            raise click.UsageError(f"with --pairs FILE: {'; '.join(conflicts)}")
+    elif skip_missing:
+        raise click.UsageError("--skip-missing goes with --pairs FILE (a pairs file); a dataset (--data) already "
+                               "skips unreadable images and lists them in metrics.json")
     if out is None:
         source = Path(pairs if pairs_file else data if data is not None else index)
         out = str(Path("runs") / f"{Path(model).stem}-{source.stem or 'data'}")

@@ -116,6 +116,36 @@ def _check_args(protocol: str, data, index, pairs: int, limit: Optional[int]) ->
         raise SiamsearchError(f"--limit must be at least 2 images; got {limit}")
 
 
+def pairs_file_conflicts(protocol: str = "all", split: Optional[str] = None, limit: Optional[int] = None,
+                         format: str = "auto") -> list[str]:
+    """What in these settings does not apply to a pairs file, each as a message that says what to do.
+
+    A pairs file (``evaluate(pairs=FILE)``, ``siamsearch evaluate --pairs FILE``) is scored by the
+    standard pairs protocol on exactly its pairs: verification only, no dataset to split,
+    subsample or detect the layout of. ``protocol`` ``verification`` or ``all`` (everything the
+    data allows) is that protocol; ``identification`` and ``oneshot``, a ``split``, a ``limit`` and a
+    dataset ``format`` other than ``auto`` would be ignored, so they are refused instead.
+
+    Returns:
+        One message per option that conflicts (empty when none does); the CLI raises them as a
+        usage error, :func:`evaluate` as a :class:`SiamsearchError`.
+    """
+    problems = []
+    if protocol in ("identification", "oneshot"):
+        problems.append(f"--protocol {protocol} needs a dataset (--data); a pairs file measures verification only: "
+                        "drop --protocol (or give --protocol verification)")
+    if split is not None:
+        problems.append("--split chooses a split of a dataset (--data); a pairs file names its own images: drop --split "
+                        "(for LFW choose the file instead: pairsDevTest.txt for View 1, pairs.txt for View 2)")
+    if limit is not None:
+        problems.append("--limit subsamples a dataset's images (--data); a pairs file is scored whole, every pair of it "
+                        "(that is the benchmark): drop --limit, or give a shorter pairs file")
+    if format != "auto":
+        problems.append(f"--format {format} is the layout of a dataset (--data); a pairs file's format (LFW or CSV) is "
+                        "detected from its first line: drop --format")
+    return problems
+
+
 def _evaluate_oneshot(model, data, protocol: str, batch_size: int, metrics: dict, report_data: dict) -> None:
     if protocol not in ("oneshot", "all"):
         raise SiamsearchError(f"{data} holds one-shot runs; use --protocol oneshot (or all) with it")
@@ -205,9 +235,10 @@ def evaluate(
         model_path: checkpoint written by ``siamsearch train``.
         data: dataset path (any format :func:`siamsearch.data.open_dataset` reads) or Omniglot
             one-shot runs (``all_runs.zip`` or its folder). May be ``None`` when ``index`` is given.
-        format: dataset layout, or ``"auto"``.
+        format: dataset layout, or ``"auto"``. Not with a pairs file (its format is detected).
         protocol: ``verification``, ``identification``, ``oneshot`` or ``all`` (everything the data
-            allows: one-shot for run-format data, verification + identification otherwise).
+            allows: one-shot for run-format data, verification + identification otherwise). With a
+            pairs file only ``verification`` or ``all`` (both: the pairs protocol).
         index: a gallery folder (``index/NAME``); identification is measured through exact search
             and through its deployed index.
         pairs: the most verification pairs to use. Pairs are distinct (a repeat is never counted
@@ -220,8 +251,10 @@ def evaluate(
         seed: seeds the pairs, subsampling, open-set split, CV folds and bootstrap.
         out: folder for ``metrics.json``, ``report.html``, ``report.md`` and ``plots/``; ``None``
             writes nothing.
-        split: dataset split (default: ``test`` for IDX and CelebA, the whole set otherwise).
-        limit: evaluate a seeded random subset of this many images.
+        split: dataset split (default: ``test`` for IDX and CelebA, the whole set otherwise). Not
+            with a pairs file.
+        limit: evaluate a seeded random subset of this many images. Not with a pairs file (it is
+            scored whole).
         n_boot: bootstrap replicates for the 95% intervals (0 = none). Intervals resample
             identities (:mod:`siamsearch.metrics.bootstrap`); each section names its ``ci_method``.
         batch_size: images per forward pass.
@@ -232,6 +265,10 @@ def evaluate(
 
     Returns:
         The metrics dict that ``metrics.json`` holds.
+
+    Raises:
+        SiamsearchError: bad arguments, among them settings that do not apply to a pairs file
+            (:func:`pairs_file_conflicts`) or ``images`` / ``skip_missing`` without one.
     """
     from ..core.embedder import load_model
 
@@ -240,10 +277,16 @@ def evaluate(
 
         if data is not None or index is not None:
             raise SiamsearchError("a pairs file is evaluated on its own; drop --data / --index, or give --pairs N")
+        conflicts = pairs_file_conflicts(protocol, split, limit, format)
+        if conflicts:
+            raise SiamsearchError("; ".join(conflicts))
         return evaluate_pairs(model_path, pairs, images, seed=seed, n_boot=n_boot, skip_missing=skip_missing,
                               out=out, batch_size=batch_size, device=device, progress=progress)
     if images is not None:
         raise SiamsearchError("--images goes with a pairs file (--pairs pairs.txt); for a dataset use --data")
+    if skip_missing:
+        raise SiamsearchError("--skip-missing goes with a pairs file (--pairs pairs.txt); a dataset (--data) "
+                              "already skips unreadable images and lists them in metrics.json")
     _check_args(protocol, data, index, pairs, limit)
     model = load_model(model_path, device=device)
     metrics: dict = {"settings": _settings(model, model_path, data, format, split, protocol, index, pairs, seed,
