@@ -30,3 +30,37 @@ def named_identity_folders(root: Path, names: Sequence[str], per_id: int = 5, se
     for k, name in enumerate(names):
         (root / f"id_{k}").rename(root / name)
     return root
+
+
+def doc_json_example(page: Path, command: str) -> object:
+    """The JSON a documentation page shows as the output of ``$ siamsearch COMMAND ... --json``.
+
+    The example is the text of a code block from the line after the first ``$ `` line that starts
+    with ``$ siamsearch {command}`` and holds ``--json``, up to the next ``$ `` line or the block's end.
+    """
+    import json
+
+    lines = Path(page).read_text(encoding="utf-8").splitlines()
+    start = next(i for i, ln in enumerate(lines)
+                 if ln.startswith(f"$ siamsearch {command}") and "--json" in ln.split())
+    body = []
+    for ln in lines[start + 1:]:
+        if ln.startswith("$ ") or ln.startswith("```"):
+            break
+        body.append(ln)
+    return json.loads("\n".join(body))
+
+
+def json_shape(value: object) -> object:
+    """The structure of a JSON value: dict keys (recursively), list element shapes, scalar kinds."""
+    if isinstance(value, dict):
+        return {k: json_shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_shape(v) for v in value[:1]]
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return type(value).__name__

@@ -3,12 +3,13 @@ identity absent from the gallery), and every model / calibration mismatch as a c
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from querylayer import named_identity_folders, untrained_model
+from querylayer import doc_json_example, json_shape, named_identity_folders, untrained_model
 from siamsearch.core.checkpoint import load_checkpoint, write_calibration
 from siamsearch.cli import main
 from siamsearch.core.embedder import load_model
@@ -18,6 +19,7 @@ from siamsearch.query.identification import UNKNOWN, identify
 from siamsearch.core.images import list_images
 
 KNOWN = ["ann", "bob", "cat"]
+DOCS_QUERY = Path(__file__).resolve().parents[1] / "docs" / "query.md"
 
 
 @pytest.fixture
@@ -60,6 +62,18 @@ def test_query_json_matches_brute_force(setup):
         assert item["prediction"] == nb[0]["label"]                    # closed set: nearest neighbour's label
         assert {n["path"] for n in nb if n["distance"] < dist[-1] - 1e-4} <= set(paths)
     assert js[0]["prediction"] == "bob" and js[0]["neighbors"][0]["distance"] < 1e-5  # the image itself
+
+
+def test_docs_query_json_example_has_the_printed_shape(setup):
+    """docs/query.md's `query --json` example has exactly the keys and nesting the command prints."""
+    shown = doc_json_example(DOCS_QUERY, "query")
+    r = CliRunner().invoke(main, ["query", str(setup["people"] / "bob" / "img_1.png"), "--index",
+                                  str(setup["index"]), "-k", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    printed = json.loads(r.stdout)
+    assert json_shape(shown) == json_shape(printed)
+    assert list(shown) == list(printed)  # same key order, as json.dumps writes it
+    assert len(shown["answers"][0]["neighbors"]) == 2 and shown["k"] == 2
 
 
 def test_open_set_unknown_for_absent_identity(setup):

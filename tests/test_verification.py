@@ -3,13 +3,14 @@ batched pairs CSVs with metrics checked against brute force and scikit-learn."""
 import csv
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from sklearn.metrics import roc_auc_score
 
-from querylayer import named_identity_folders, untrained_model
+from querylayer import doc_json_example, json_shape, named_identity_folders, untrained_model
 from siamsearch.evaluation.calibrate import calibrate
 from siamsearch.cli import main
 from siamsearch.core.embedder import load_model
@@ -91,6 +92,16 @@ def test_calibrated_threshold_and_json(model, data, tmp_path):
     bad = runner.invoke(main, ["verify", str(a), str(b), "--model", str(model), "--calibration",
                                str(tmp_path / "other.json")])
     assert bad.exit_code == 2 and "calibrate" in bad.output and "Traceback" not in bad.output
+
+
+def test_docs_verify_json_example_has_the_printed_shape(model, data):
+    """docs/verify.md's `verify A B --threshold T --json` example has exactly the keys the command prints."""
+    shown = doc_json_example(Path(__file__).resolve().parents[1] / "docs" / "verify.md", "verify")
+    r = CliRunner().invoke(main, ["verify", str(data / "dan" / "img_0.png"), str(data / "eve" / "img_0.png"),
+                                  "--model", str(model), "--threshold", "0.5", "--json"])
+    assert r.exit_code == 0, r.output
+    printed = json.loads(r.stdout)
+    assert json_shape(shown) == json_shape(printed) and list(shown) == list(printed)
 
 
 def _write_pairs(path, rows, header=("a", "b", "is_same")):
