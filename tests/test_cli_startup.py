@@ -101,3 +101,14 @@ def test_shared_options_are_declared_once():
         text = path.read_text(encoding="utf-8")
         for opt in ('"--device"', '"--batch-size"', '"--json"', '"--seed"', '"--progress/'):
             assert opt not in text, f"{path.name} declares {opt} itself; use siamsearch.cli.options"
+
+
+def test_python_dash_m_siamsearch_is_the_same_command_line():
+    """``python -m siamsearch`` runs the ``siamsearch`` command (its help, its version, its exit codes)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "siamsearch", *a], capture_output=True, text=True,  # noqa: E731
+                                    env=env, cwd=ROOT, timeout=120)
+    helped = run("--help")
+    assert helped.returncode == 0 and "Usage: siamsearch" in helped.stdout and "index" in helped.stdout
+    wrong = run("no-such-command")
+    assert wrong.returncode == 2 and "No such command" in wrong.stderr

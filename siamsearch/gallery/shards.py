@@ -46,6 +46,13 @@ def _pa():
     return pa, pq
 
 
+#: Parquet compression per column: zstd for paths, labels and hashes (they shrink several-fold); none for the
+#: embeddings, which are near-random floats (zstd saved ~6 % of their bytes and took ~30 ms more CPU per
+#: 2,000-row shard, on the driver's core, while the embedding actors ran).
+SHARD_COMPRESSION = {"id": "zstd", "path": "zstd", "label": "zstd", "content_sha256": "zstd", "mtime": "zstd",
+                     "size": "zstd", "embedding": "none"}
+
+
 def shard_schema(dim: int):
     """The Parquet schema of a shard with ``dim``-float embeddings."""
     pa, _ = _pa()
@@ -71,7 +78,7 @@ def write_shard(path: os.PathLike | str, ids: np.ndarray, relpaths: list, labels
          pa.array(np.asarray(mtime, "float64")), pa.array(np.asarray(size, "int64")),
          pa.FixedSizeListArray.from_arrays(flat, dim)], schema=shard_schema(dim))
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd", row_group_size=16384)
+        pq.write_table(table, tmp, compression=SHARD_COMPRESSION, row_group_size=16384)
     return len(ids)
 
 
