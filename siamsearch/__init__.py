@@ -13,7 +13,7 @@ Names are imported lazily, so ``import siamsearch`` stays fast for the CLI.
 
 Layers (imports only point down; ``tests/test_architecture.py`` checks it)::
 
-    core (0) < data, metrics (1) < training, gallery (2) < query (3) < evaluation (4) < demo, serve (5) < cli (6)
+    core (0) < data, metrics (1) < training, gallery (2) < query (3) < evaluation (4) < demo, serve (5) < cli (6) < __main__ (7)
 
 A module may import modules of its own folder and of lower layers only (``data``
 and ``metrics`` never import each other, nor ``training`` and ``gallery``, nor

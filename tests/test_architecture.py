@@ -6,7 +6,7 @@ absolute. The layer rule is the one stated in ``siamsearch/__init__.py`` and in 
 README's "Development" section:
 
     core (0) < data, metrics (1) < training, gallery (2) < query (3)
-    < evaluation (4) < demo, serve (5) < cli (6)
+    < evaluation (4) < demo, serve (5) < cli (6) < __main__ (7)
 
 A module may import modules of its own folder and of lower layers only (so ``data``
 and ``metrics`` never import each other, nor ``training`` and ``gallery``, nor ``demo``
@@ -36,6 +36,7 @@ LAYERS: Dict[str, int] = {
     "evaluation": 4,
     "demo": 5, "serve": 5,
     "cli": 6,
+    "__main__": 7,  # `python -m siamsearch`: the command line, nothing else
 }
 # Importable by every module, whatever its layer.
 ANYONE_MAY_IMPORT = {"siamsearch._version", "siamsearch.core.errors"}
