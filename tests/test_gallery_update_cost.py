@@ -227,3 +227,21 @@ def test_default_workers_follow_cores_and_file_size(tmp_path, monkeypatch):
     paths = [str(small)] * engines.INPROCESS_DECODE_MAX
     assert engines.decode_workers(None, paths) == 4 and engines.decode_workers(None, paths[:10]) == 0
     assert engines.decode_workers(3, paths) == 3
+
+
+def test_embedding_layout_uses_embedding_workers_only_where_measured(tmp_path, monkeypatch):
+    """Two cores, small files, workers not given, a job worth forking for: 2 processes decode and embed."""
+    from siamsearch.gallery import engines
+
+    small, big = tmp_path / "small.bin", tmp_path / "big.bin"
+    small.write_bytes(b"x" * 1000)
+    big.write_bytes(b"x" * (engines.SMALL_FILE_BYTES * 2))
+    many, photos = [str(small)] * engines.INPROCESS_DECODE_MAX, [str(big)] * engines.INPROCESS_DECODE_MAX
+    monkeypatch.setattr(engines.os, "cpu_count", lambda: 2)
+    assert engines.embedding_layout(None, many) == {"workers": 0, "embed_workers": 2}
+    assert engines.embedding_layout(None, many[:10]) == {"workers": 0, "embed_workers": 0}  # too few to fork for
+    assert engines.embedding_layout(None, photos) == {"workers": 2, "embed_workers": 0}  # photos: decoding workers
+    assert engines.embedding_layout(0, many) == {"workers": 0, "embed_workers": 0}  # --workers given: as asked
+    assert engines.embedding_layout(2, many) == {"workers": 2, "embed_workers": 0}
+    monkeypatch.setattr(engines.os, "cpu_count", lambda: 16)  # not measured on larger machines: as before
+    assert engines.embedding_layout(None, many) == {"workers": 4, "embed_workers": 0}

@@ -130,6 +130,51 @@ def test_stream_reports_failures_in_order(model_path):
     assert np.allclose(np.concatenate([b.embeddings for b in batches]), ref, atol=1e-6)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "auto"])
+def test_embedding_workers_give_the_in_process_answer(model_path, precision):
+    """Forked workers that decode and embed whole batches on one thread: same order, same failures, same
+    embeddings (up to the summation order of one thread against two)."""
+    emb = Embedder(load_checkpoint(model_path), device="cpu", precision=precision)
+    ims = _images(11)
+
+    def load(i):
+        if i in (3, 8):
+            from siamsearch.core.errors import UnreadableImage
+            raise UnreadableImage(f"item{i}", f"corrupt {i} (test)")
+        return ims[i]
+
+    here = list(stream_embeddings(emb.runner, 11, load, emb.transform, emb.dim, batch_size=3))
+    forked = list(stream_embeddings(emb.runner, 11, load, emb.transform, emb.dim, batch_size=3, embed_workers=2))
+    assert [b.positions.tolist() for b in forked] == [b.positions.tolist() for b in here]
+    assert [b.failures for b in forked] == [b.failures for b in here] == [[], [(3, "corrupt 3 (test)")],
+                                                                          [(8, "corrupt 8 (test)")], []]
+    a = np.concatenate([b.embeddings for b in here])
+    b = np.concatenate([b.embeddings for b in forked])
+    assert a.shape == b.shape == (9, emb.dim) and b.dtype == np.float32
+    assert np.min(np.sum(a * b, axis=1)) >= (0.99999 if precision == "fp32" else 0.9995)
+
+
+def test_embed_files_ignores_embedding_workers_where_it_cannot_fork(model_path, monkeypatch, tmp_path):
+    from PIL import Image
+
+    from siamsearch.core import embedder as embedder_module
+
+    paths = []
+    for i, im in enumerate(_images(4)):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(im).save(paths[-1])
+    emb = Embedder(load_checkpoint(model_path), device="cpu", precision="fp32")
+    seen = []
+    real = embedder_module.stream_embeddings
+    monkeypatch.setattr(embedder_module, "stream_embeddings", lambda *a, **kw: (seen.append(kw["embed_workers"]),
+                                                                                real(*a, **kw))[1])
+    monkeypatch.setattr(embedder_module, "can_embed_in_workers", lambda: False)
+    assert sum(len(b.positions) for b in emb.embed_files(paths, embed_workers=2)) == 4
+    monkeypatch.setattr(embedder_module, "can_embed_in_workers", lambda: True)
+    assert sum(len(b.positions) for b in emb.embed_files(paths, embed_workers=2)) == 4
+    assert seen == [0, 2]
+
+
 @pytest.mark.slow
 def test_compiled_runner_matches_eager_for_ragged_batches(model_path):
     """torch.compile (static shapes): shorter batches are padded, longer ones split; outputs match eager."""

@@ -17,7 +17,7 @@ from .distance import pair_distances
 from .errors import CheckpointError, SiamsearchError, UnreadableImage
 from .fusion import optimize_for_inference
 from .images import ImageLike
-from .inference import EmbeddedBatch, InferenceRunner, should_compile, stream_embeddings
+from .inference import EmbeddedBatch, InferenceRunner, can_embed_in_workers, should_compile, stream_embeddings
 from .model import EmbeddingNet
 from .preprocess import build_transform
 
@@ -134,19 +134,25 @@ class Embedder:
         return out
 
     def embed_items(self, n: int, load: Callable, batch_size: int = 64, workers: int = 0,
-                    progress: bool = False) -> Iterator[EmbeddedBatch]:
+                    progress: bool = False, embed_workers: int = 0) -> Iterator[EmbeddedBatch]:
         """Stream embeddings of items ``0..n-1`` read by ``load(i) -> image`` (e.g. a dataset's ``load``).
 
         The same loop as :meth:`embed_files` (:func:`stream_embeddings`); unreadable items are
         reported in each batch's ``failures``. ``load`` must be picklable when ``workers > 0``.
+        ``embed_workers``: see :func:`stream_embeddings`; ignored (0) off the CPU, where ``fork`` is
+        missing, or for a compiled network.
         """
         if should_compile(self.compile, n, self.device.type):
             self.runner.compile()
+        if self.device.type != "cpu" or self.runner.compiled or not can_embed_in_workers():
+            embed_workers = 0
         yield from stream_embeddings(self.runner, n, load, self.transform, self.dim, batch_size=batch_size,
-                                     workers=workers, pin_memory=self.device.type == "cuda", progress=progress)
+                                     workers=workers, pin_memory=self.device.type == "cuda", progress=progress,
+                                     embed_workers=embed_workers)
 
     def embed_files(
-        self, paths: Sequence, batch_size: int = 64, workers: int = 0, progress: bool = False
+        self, paths: Sequence, batch_size: int = 64, workers: int = 0, progress: bool = False,
+        embed_workers: int = 0,
     ) -> Iterator[EmbeddedBatch]:
         """Stream embeddings of image files in input order, in batches.
 
@@ -157,11 +163,13 @@ class Embedder:
             paths: image file paths.
             batch_size: images per forward pass.
             workers: DataLoader worker processes decoding images in parallel.
+            embed_workers: worker processes that each decode and embed whole batches on one thread
+                (CPU; see :func:`~siamsearch.core.inference.stream_embeddings`); ``workers`` is then ignored.
         """
         paths = list(paths)
         # the transform decodes each path (JPEGs at reduced scale), as for a path given to embed()
         yield from self.embed_items(len(paths), _Pick(paths), batch_size=batch_size, workers=workers,
-                                    progress=progress)
+                                    progress=progress, embed_workers=embed_workers)
 
     def distance(self, a: ImageLike, b: ImageLike) -> float:
         """Euclidean distance in [0, 2] between the embeddings of two images."""

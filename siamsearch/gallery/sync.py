@@ -37,7 +37,7 @@ from .results import BuildReport
 from . import guards
 from .scan import Scan, same_stat, scan_folder
 from .store import GalleryReader, RowBlock
-from .engines import decode_workers
+from .engines import embedding_layout
 from .write import write_rows
 
 #: An approximate index is rebuilt (re-trained, re-tuned) when the gallery has grown or shrunk by this factor.
@@ -196,8 +196,8 @@ def embed_missing(plan: Plan, source: Path, embedder, pending: _store.PendingLog
             buf.clear()
             buf_emb.clear()
 
-    for batch in embedder.embed_files(paths, batch_size=batch_size, workers=decode_workers(workers, paths),
-                                      progress=progress):
+    for batch in embedder.embed_files(paths, batch_size=batch_size, progress=progress,
+                                      **embedding_layout(workers, paths)):
         skipped += [(to_embed[pos], reason) for pos, reason in batch.failures]
         good = []
         for j, pos in enumerate(batch.positions.tolist()):
