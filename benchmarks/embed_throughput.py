@@ -231,7 +231,8 @@ def main() -> None:
     from siamsearch.core.checkpoint import save_checkpoint
     from siamsearch.core.config import ModelConfig
     from siamsearch.core.embedder import load_model
-    from siamsearch.gallery.gallery import default_workers, update_gallery
+    from siamsearch.gallery.engines import embedding_layout
+    from siamsearch.gallery.gallery import update_gallery
     from siamsearch.core.images import list_images
     from siamsearch.core.model import EmbeddingNet
 
@@ -254,10 +255,13 @@ def main() -> None:
         jpegs = list_images(images / "jpeg")
         folder = linked_copy([(images, pngs + jpegs)], work / "gallery_src")
         files = list_images(folder)
-        shown_workers = default_workers([str(f) for f in files]) if workers is None else workers
+        layout = embedding_layout(workers, [str(f) for f in files])
+        shown_workers = layout["workers"]
+        layout_text = (f"{layout['embed_workers']} embedding workers (decode + model, 1 thread each)"
+                       if layout["embed_workers"] else f"{shown_workers} decoding workers")
         print(f"{len(files):,} images ({len(pngs):,} PNG 28x28, {len(jpegs):,} JPEG 224x224); model {cfg.backbone} "
               f"{cfg.input_size}px x{cfg.in_channels}, d={cfg.embedding_dim}; batch {args.batch_size}, "
-              f"{shown_workers} decoding workers, torch threads {torch.get_num_threads()}", flush=True)
+              f"{layout_text}, torch threads {torch.get_num_threads()}", flush=True)
 
         m_ips = model_only_ips(embedder, args.batch_size, seconds=5 if args.quick else 15)
         print(f"model-only: {m_ips:.0f} images/s", flush=True)
@@ -328,7 +332,7 @@ def main() -> None:
                                             "update_fraction_of_build")} | {"all_targets_met": all(met.values())},
         "targets": TARGETS, "targets_met": met,
         "settings": {"images": len(files), "png": len(pngs), "jpeg": len(jpegs), "batch_size": args.batch_size,
-                     "workers": shown_workers, "model": cfg.to_dict(), "rss_images": [r_small["images"], r_large["images"]],
+                     "workers": shown_workers, "embed_workers": layout["embed_workers"], "model": cfg.to_dict(), "rss_images": [r_small["images"], r_large["images"]],
                      "changed_files": changed, "naive_images": n_naive, "device": "cpu",
                      "load_average": [load_before, load_after]},
         "rss_runs": {"small": r_small, "large": r_large},
@@ -351,7 +355,7 @@ def main() -> None:
     ]
     path = write_results("embed_throughput", payload, rows, ("measure", "value", "relative", "target", "met"),
                          f"Embedding throughput ({len(files):,} images, {cfg.backbone} {cfg.input_size}px, "
-                         f"batch {args.batch_size}, {shown_workers} decoding workers, CPU)")
+                         f"batch {args.batch_size}, {layout_text}, CPU)")
     print(f"end-to-end / model-only = {e_ips / model_ips:.2f}; end-to-end / naive = {e_ips / naive:.1f} -> {path}")
 
 
