@@ -73,8 +73,10 @@ class Gallery:
             model: checkpoint path or a loaded :class:`~siamsearch.core.embedder.Embedder`.
             out: gallery folder; default ``index/<name of image_dir>``.
             factory: ``auto``, ``Flat``, ``HNSW32``, ``IVF``, ``IVF4096`` or a Faiss factory string.
-            batch_size: images per forward pass. workers: image-decoding processes (default
-                :func:`default_workers`). device: ``auto``, ``cpu`` or ``cuda`` (for a path ``model``).
+            batch_size: images per forward pass. workers: image-decoding processes (``None``: chosen
+                per machine by :func:`~siamsearch.gallery.engines.embedding_layout`, which on two cores runs
+                a large job of small files in two processes that each decode and embed).
+                device: ``auto``, ``cpu`` or ``cuda`` (for a path ``model``).
             labels: ``"from-folder"`` (label = the image's folder relative to ``image_dir``),
                 ``"none"``, or ``None`` to decide: from-folder when every image sits in a subfolder
                 and there are at least two.
