@@ -49,7 +49,8 @@ class _CountOrFile(click.ParamType):
               help="With --pairs FILE: skip pairs whose images are missing or unreadable (counted in the report) "
                    "instead of stopping.")
 @seed_option("Seeds pairs, subsets, splits, CV folds and bootstrap.")
-@click.option("--limit", type=click.IntRange(2), default=None, help="Evaluate a seeded random subset of N images of --data (a pairs file is scored whole).")
+@click.option("--limit", type=click.IntRange(2), default=None,
+              help="Evaluate a seeded random subset of N images of --data (a pairs file is scored whole).")
 @click.option("--bootstrap", "n_boot", type=click.IntRange(0), default=1000,
               help="Bootstrap replicates for 95% confidence intervals (0: none).")
 @click.option("--out", default=None, type=click.Path(file_okay=False),

@@ -10,7 +10,9 @@ from .options import (batch_size_option, checkpoint_option, device_option, json_
                       strict_option, workers_option)
 from .precision import precision_option
 
-_workers_auto = workers_option(None, "Image-decoding worker processes (0: all in this process) [default: by machine: one per spare CPU core, at most 4; on 2 cores, photos in 2, and 256+ small files in 2 processes that each decode and embed on one thread].")
+_workers_auto = workers_option(None, "Image-decoding worker processes (0: all in this process) [default: by "
+                                     "machine: one per spare CPU core, at most 4; on 2 cores, photos in 2, and 256+ "
+                                     "small files in 2 processes that each decode and embed on one thread].")
 _FACTORY_HELP = ("Faiss index: auto (exact Flat while fast enough, tuned IVF beyond), Flat, HNSW32, IVF, "
                  "IVF4096, or any Faiss factory string such as IVF4096,PQ32.")
 

@@ -350,10 +350,11 @@ def run_ray(tasks: list, source: Path, embedder, batch_size: int, progress: bool
                             batch_size=batch_size, batch_format="numpy", num_cpus=0.5)
     # On CPUs each actor decodes its own rows in its process: separate decoding tasks only added object-store
     # copies and contention for the same cores (2 CPUs, 6,000 images: 700 images/s with decoding tasks, vs
-    # the local engine's ~2,000). Each call takes CPU_ACTOR_SUB_BATCHES forward passes' rows.
-    # (never more than a block's rows: Ray Data bundles whole blocks up to a call's rows, and a small job's
-    # blocks would all go to one actor)
-    rows = batch_size if device == "cuda" else max(1, min(batch_size * CPU_ACTOR_SUB_BATCHES, len(items) // blocks))
+    # the local engine's ~2,000). Each call takes CPU_ACTOR_SUB_BATCHES forward passes' rows, but never more
+    # than a block's: Ray Data bundles whole blocks up to a call's rows, and a small job's blocks would all go
+    # to one actor.
+    rows = batch_size if device == "cuda" else max(1, min(batch_size * CPU_ACTOR_SUB_BATCHES,
+                                                          len(items) // blocks))
     ds = ds.map_batches(EmbedActor, fn_constructor_kwargs={
         "model_path": os.path.abspath(embedder.path), "fingerprint": embedder.fingerprint, "device": device,
         "threads": threads, "sub_batch": batch_size,
