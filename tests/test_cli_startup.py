@@ -115,3 +115,17 @@ def test_python_dash_m_siamsearch_is_the_same_command_line():
     assert helped.returncode == 0 and "Usage: siamsearch" in helped.stdout and "index" in helped.stdout
     wrong = run("no-such-command")
     assert wrong.returncode == 2 and "No such command" in wrong.stderr
+
+
+def test_ray_actor_module_loads_no_gallery_storage():
+    """A Ray actor unpickles ``siamsearch.gallery.engines.EmbedActor``, importing that module and its package:
+    the package's names are lazy, so the actor does not load h5py or Faiss (it only runs the model), while
+    ``from siamsearch.gallery import Gallery`` still works."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    probe = ("import json, sys; import siamsearch.gallery.engines; before = sorted(m for m in ('h5py', 'faiss') "
+             "if m in sys.modules); from siamsearch.gallery import Gallery, SearchResult, BuildReport; "
+             "print(json.dumps([before, Gallery.__name__, 'h5py' in sys.modules]))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [[], "Gallery", True]
