@@ -21,10 +21,9 @@ and ``metrics`` never import each other, nor ``training`` and ``gallery``, nor
 it). ``siamsearch._version`` and ``siamsearch.core.errors`` may be imported by
 anyone.
 """
-from importlib import import_module
-
 from ._version import __version__
 from .core.errors import SiamsearchError
+from .core.lazy import lazy_attributes
 
 _LAZY = {
     "ModelConfig": "core.config",
@@ -42,9 +41,4 @@ _LAZY = {
 __all__ = ["__version__", "SiamsearchError", *_LAZY]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'siamsearch' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

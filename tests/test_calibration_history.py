@@ -57,3 +57,19 @@ def test_json_out_keeps_history_too(model, tmp_path):
     second = calibrate(model, good_data, rule="eer", pairs=500, seed=0, out=out)
     assert json.loads(out.read_text())["previous_records"][0] == first
     assert second["previous_records"][0]["rule"] == "far"
+
+
+def test_compare_lines_keep_long_values_apart():
+    """A value as long as a column (a data path) stays separated from the next column by two spaces."""
+    from siamsearch.query.record import compare_lines
+
+    path = "../shared/data/fashion-mnist" + "/x" * 20
+    old = {"created": "2026-12-03T06:13:31+00:00", "rule": "far", "target_far": 0.001, "threshold": 0.75,
+           "data": {"path": path}}
+    new = {**old, "created": "2026-12-03T08:31:42+00:00", "threshold": 0.8}
+    lines = compare_lines(old, new)
+    assert lines[0].split() == ["before", "now"]
+    data = next(line for line in lines if line.strip().startswith("data"))
+    assert data.split() == ["data", path, path]
+    starts = {line.index(line.split()[-1], 30) for line in lines[1:] if line.strip().startswith(("created", "threshold"))}
+    assert len(starts) == 1  # the "now" column lines up

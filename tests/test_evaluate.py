@@ -42,6 +42,7 @@ def test_evaluate_writes_metrics_and_report(tiny_model, folders, tmp_path):
     assert m["verification"]["auc"]["value"] == pytest.approx(roc_auc_score(is_same, -d), abs=1e-6)
     assert 0 <= m["identification"]["leave_one_out"]["map_at_r"] <= 1
     assert m["identification"]["open_set"]["n_unknown"] > 0
+    assert all(len(r["ci95"]) == 2 for r in m["identification"]["open_set"]["dir_at_fpir"])
     assert any("not supported" in w for w in m["warnings"])  # TAR@1e-4 from 540 impostor pairs
     assert any("no calibrated threshold" in w for w in m["warnings"])
     html = (out / "report.html").read_text()

@@ -153,6 +153,59 @@ def test_open_set_metrics():
     assert row["supported"] == (m["n_unknown"] >= 30)
 
 
+def _naive_dir_ci(kd, kc, ks, ud, us, fpir, n_boot, seed):
+    """Reference: rebuild each replicate's probe lists identity by identity (every probe of an identity
+    once per draw, the draws taken from the same seeded generator), then :func:`dir_at_fpir` on them."""
+    names = np.unique(np.r_[ks, us])
+    rng = np.random.default_rng(seed)
+    values = []
+    while len(values) < n_boot:
+        drawn = names[rng.integers(0, names.size, names.size)]
+        k_idx = np.concatenate([np.flatnonzero(ks == s) for s in drawn])
+        u_idx = np.concatenate([np.flatnonzero(us == s) for s in drawn])
+        if k_idx.size == 0 or u_idx.size == 0:
+            continue
+        values.append(ident.dir_at_fpir(kd[k_idx], kc[k_idx], ud[u_idx], fpir)[0])
+    return np.percentile(values, 2.5), np.percentile(values, 97.5)
+
+
+def test_dir_at_fpir_ci_equals_a_naive_identity_bootstrap():
+    rng = np.random.default_rng(1)
+    ks, us = rng.integers(0, 15, 60), rng.integers(15, 22, 30)  # unknown identities are not in the gallery
+    kd, ud = rng.uniform(0, 1, 60), rng.uniform(0.3, 1.3, 30)
+    kc = rng.uniform(size=60) < 0.8
+    ci = ident.dir_at_fpir_ci(kd, kc, ks, ud, us, (0.1, 0.3), n_boot=200, seed=5)
+    for f in (0.1, 0.3):
+        assert ci[f] == pytest.approx(_naive_dir_ci(kd, kc, ks, ud, us, f, 200, 5), abs=1e-12)
+    point = ident.dir_at_fpir(kd, kc, ud, 0.3)[0]
+    assert ci[0.3][0] < point < ci[0.3][1]
+
+
+def test_dir_at_fpir_ci_narrows_with_more_identities():
+    def width(n_ids):
+        rng = np.random.default_rng(0)
+        ks, us = rng.integers(0, n_ids, 20 * n_ids), rng.integers(n_ids, 2 * n_ids, 10 * n_ids)
+        kd, ud = rng.uniform(0, 1, ks.size), rng.uniform(0.3, 1.3, us.size)
+        lo, hi = ident.dir_at_fpir_ci(kd, rng.uniform(size=ks.size) < 0.8, ks, ud, us, (0.1,), n_boot=300)[0.1]
+        return hi - lo
+
+    assert width(200) < 0.5 * width(10)
+
+
+def test_open_set_metrics_intervals():
+    x, y = _data(n=300, classes=10, spread=1.0)
+    gallery, probes = y < 7, np.arange(300) % 3 == 0
+    args = (x[probes], y[probes], x[~probes & gallery], y[~probes & gallery])
+    plain = ident.open_set_metrics(*args, fpirs=(0.1,))
+    assert "ci_method" not in plain and "ci95" not in plain["dir_at_fpir"][0]
+    m = ident.open_set_metrics(*args, fpirs=(0.1,), n_boot=100, seed=2)
+    row = m["dir_at_fpir"][0]
+    assert "identities" in m["ci_method"] and row["dir"] == plain["dir_at_fpir"][0]["dir"]
+    lo, hi = row["ci95"]
+    assert 0.0 <= lo <= hi <= 1.0 and lo < hi
+    assert m == ident.open_set_metrics(*args, fpirs=(0.1,), n_boot=100, seed=2)  # seeded
+
+
 def test_bad_inputs():
     with pytest.raises(SiamsearchError, match="2-D"):
         ident.leave_one_out(np.zeros(5), np.zeros(5))

@@ -53,7 +53,7 @@ def calibrate(model, data, format_, split, rule, target_far, pairs, seed, out, i
       siamsearch calibrate --model model.pt --data heldout/
       siamsearch calibrate --model model.pt --data faces/ --rule eer --out model.calib.json
     """
-    from ..query.record import CalibrationWarning, compare, describe
+    from ..query.record import CalibrationWarning, compare_lines, describe
     from ..evaluation.calibrate import calibrate as run_calibrate
 
     with warnings.catch_warnings():
@@ -73,7 +73,7 @@ def calibrate(model, data, format_, split, rule, target_far, pairs, seed, out, i
         if record.get("previous_records"):
             old = record["previous_records"][0]
             click.echo(f"replaced the calibration of {old.get('created', '?')} (kept in previous_records):")
-            for name, a, b in [("", "before", "now")] + compare(old, record):
-                click.echo(f"  {name:<26}{a:<28}{b}")
+            for line in compare_lines(old, record):
+                click.echo(line)
     for w in record["warnings"]:
         click.secho(f"warning: {w}", fg="yellow", err=True)

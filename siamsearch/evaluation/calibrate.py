@@ -39,7 +39,7 @@ from ..core.errors import CheckpointError, SiamsearchError, check_fingerprint
 from ..core.files import PathLike, write_json_atomic
 from ..metrics.bootstrap import CLOPPER_PEARSON_METHOD, pairs_independent, subject_bootstrap_ci
 from ..query.record import (CI_METHOD, DECISION_RULE, FEW_IDENTITIES, RECORD_KIND, RECORD_VERSION, RULES,
-                            CalibrationWarning, binomial_ci, compare, is_supported, with_history)
+                            CalibrationWarning, binomial_ci, compare_lines, is_supported, with_history)
 
 #: How a calibration's FAR/TAR intervals are computed when pairs share identities.
 CALIBRATION_CI_METHOD = ("95%: the wider of a percentile bootstrap over identities (pairs of one identity are "
@@ -267,10 +267,10 @@ def refuse_weaker(old: Optional[dict], new: dict, out: PathLike, force: bool) ->
     """
     if old is None or force or not is_supported(old) or is_supported(new):
         return
-    rows = "\n".join(f"  {name:<26}{a:<28}{b}" for name, a, b in compare(old, new))
+    rows = "\n".join(compare_lines(old, new, ("stored", "new")))
     raise SiamsearchError(
         f"{out} holds a calibration supported by its data, and this one is not (too few impostor pairs or "
-        f"held-out identities); it was NOT replaced:\n  {'':<26}{'stored':<28}new\n{rows}\n"
+        f"held-out identities); it was NOT replaced:\n{rows}\n"
         "Calibrate on more held-out identities, or pass --force to replace it anyway (the old record is kept "
         "in the new one's previous_records)")
 

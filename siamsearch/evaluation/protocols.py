@@ -157,7 +157,8 @@ def identification_cis(per_query: dict, ids: np.ndarray, ks: Sequence[int], n_bo
 
 def identification(emb: np.ndarray, ids: np.ndarray, seed: int, warnings: list, progress: bool,
                    n_boot: int = 0) -> tuple[dict, dict]:
-    """Leave-one-out identification (with intervals over identities when ``n_boot``) and an open-set split.
+    """Leave-one-out identification and an open-set split (DIR@FPIR), with intervals over identities for
+    both when ``n_boot``.
 
     Returns:
         ``(metrics, per_query)``: the ``identification`` section of metrics.json and the per-query arrays.
@@ -180,7 +181,8 @@ def identification(emb: np.ndarray, ids: np.ndarray, seed: int, warnings: list, 
         out["open_set"] = None
     else:
         closed, _ = ident.gallery_probe(emb[probes], ids[probes], emb[gallery], ids[gallery])
-        open_m = ident.open_set_metrics(emb[probes], ids[probes], emb[gallery], ids[gallery], fpirs=DEFAULT_FPIRS)
+        open_m = ident.open_set_metrics(emb[probes], ids[probes], emb[gallery], ids[gallery], fpirs=DEFAULT_FPIRS,
+                                         n_boot=n_boot, seed=seed)
         open_m.update({"gallery_size": int(gallery.size), "n_probes": int(probes.size), "closed_set": closed,
                        "unknown_identity_fraction": OPEN_SET_UNKNOWN_FRACTION, "seed": int(seed)})
         for row in open_m["dir_at_fpir"]:

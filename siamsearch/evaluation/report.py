@@ -359,12 +359,12 @@ def _sections(metrics: dict) -> list[tuple[str, list[str], list[list]]]:
         out.append((f"Identification, leave-one-out ({loo['n_queries']:,} queries)", ["figure", "value"], rows))
         os_ = i.get("open_set")
         if os_:
-            rows = [["closed-set precision@1 (known probes)", f"{os_['closed_set']['precision_at_1']:.4f}", ""]]
-            rows += [[f"DIR @ FPIR={r['fpir']:g}", f"{r['dir']:.4f}",
+            rows = [["closed-set precision@1 (known probes)", f"{os_['closed_set']['precision_at_1']:.4f}", "", ""]]
+            rows += [[f"DIR @ FPIR={r['fpir']:g}", f"{r['dir']:.4f}", _ci(r),
                       f"d <= {r['threshold']:.4f}, achieved FPIR {r['achieved_fpir']:.3f}"
                       + ("" if r["supported"] else "; UNSUPPORTED")] for r in os_["dir_at_fpir"]]
             out.append((f"Open set (gallery {os_['gallery_size']:,}; {os_['n_known']:,} known and "
-                        f"{os_['n_unknown']:,} unknown probes)", ["figure", "value", "notes"], rows))
+                        f"{os_['n_unknown']:,} unknown probes)", ["figure", "value", "95% CI", "notes"], rows))
     c = metrics.get("index_comparison")
     if c:
         ex, de = c["exact"], c["deployed"]

@@ -65,7 +65,8 @@ def summary_rows(metrics: dict) -> list[tuple[str, str]]:
         rows.append(("MAP@R", _fmt(loo["map_at_r"]) + ci_of(lci.get("map_at_r"))))
         if i.get("open_set"):
             for r in i["open_set"]["dir_at_fpir"]:
-                rows.append((f"open-set DIR @ FPIR={r['fpir']:g}", _fmt(r["dir"]) + ("" if r["supported"] else "  (not supported)")))
+                rows.append((f"open-set DIR @ FPIR={r['fpir']:g}", _fmt(r["dir"]) + ci_of(r.get("ci95"))
+                             + ("" if r["supported"] else "  (not supported)")))
     o = metrics.get("oneshot")
     if o:
         ways = "/".join(str(w) for w in o["ways"])

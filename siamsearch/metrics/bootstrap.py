@@ -12,7 +12,9 @@ drawn: ``m_a`` times for a genuine pair of an identity drawn ``m_a`` times,
 ``m_a * m_b`` times for an impostor pair), recompute the figure, and take
 percentiles. :func:`subject_bootstrap_ci` does this for pair figures (AUC,
 EER, TAR@FAR), :func:`subject_bootstrap_mean_ci` for per-query averages
-(precision@1, recall@k, MAP@R, DIR).
+(precision@1, recall@k, MAP@R), :func:`subject_bootstrap_weighted_ci` for any
+figure of weighted samples (open-set DIR@FPIR, whose threshold is re-chosen
+on each replicate's unknown probes).
 
 Every interval is stored with its method (:data:`SUBJECT_METHOD`,
 :data:`PAIR_METHOD`, :data:`CLOPPER_PEARSON_METHOD`) so a reader knows what it
@@ -46,6 +48,13 @@ def _subject_codes(subj_a: np.ndarray, subj_b: np.ndarray) -> tuple[np.ndarray, 
     names, inv = np.unique(np.r_[np.asarray(subj_a), np.asarray(subj_b)], return_inverse=True)
     n = np.asarray(subj_a).size
     return inv[:n], inv[n:], int(names.size)
+
+
+def _identity_codes(subjects) -> tuple[np.ndarray, int]:
+    """``(code [N] int, K)``: each sample's identity as ``0..K-1`` (sorted order of the identities)."""
+    _, code = np.unique(np.asarray(subjects), return_inverse=True)
+    code = code.reshape(-1)
+    return code, int(code.max()) + 1 if code.size else 0
 
 
 def subject_bootstrap_ci(
@@ -112,9 +121,7 @@ def subject_bootstrap_mean_ci(
     Returns:
         ``{name: (low, high)}`` of the mean over queries.
     """
-    _, code = np.unique(np.asarray(subjects), return_inverse=True)
-    code = code.reshape(-1)
-    k = int(code.max()) + 1 if code.size else 0
+    code, k = _identity_codes(subjects)
     if k == 0:
         return {}
     rng = np.random.default_rng(seed)
@@ -128,6 +135,48 @@ def subject_bootstrap_mean_ci(
         reps = (counts @ sums) / np.where(denom > 0, denom, 1.0)
         out[name] = reps[denom > 0].tolist()
     return _percentiles(out, level)
+
+
+def subject_bootstrap_weighted_ci(
+    subjects,
+    statistic: Callable[[np.ndarray], "Mapping[str, float] | None"],
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of any figure of samples that each belong to one identity.
+
+    Each replicate draws the ``K`` identities with replacement and gives every sample the number of times
+    its identity was drawn as its weight (``0`` = left out); ``statistic`` recomputes the figure from those
+    weights.
+
+    Args:
+        subjects: ``[N]`` identity of each sample (any comparable values).
+        statistic: ``f(weights [N] int64) -> {name: value}``, or ``None`` for a replicate the figure is not
+            defined on (drawn again, up to ``2 n_boot`` draws in all).
+        n_boot, seed, level: as in :func:`subject_bootstrap_ci`.
+
+    Returns:
+        ``{name: (low, high)}``; empty when no replicate was defined.
+    """
+    if n_boot < 1:
+        raise SiamsearchError(f"n_boot must be at least 1; got {n_boot}")
+    code, k = _identity_codes(subjects)
+    if k == 0:
+        return {}
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {}
+    done = 0
+    for _ in range(2 * n_boot):
+        figures = statistic(np.bincount(rng.integers(0, k, k), minlength=k)[code])
+        if figures is None:
+            continue
+        for key, v in figures.items():
+            samples.setdefault(key, []).append(float(v))
+        done += 1
+        if done == n_boot:
+            break
+    return _percentiles(samples, level)
 
 
 def pairs_independent(a, b, subj_a, subj_b) -> bool:

@@ -399,14 +399,23 @@ def open_set_metrics(
     gallery_labels,
     fpirs: Sequence[float] = (1e-1, 1e-2),
     search: Optional[SearchFn] = None,
+    n_boot: int = 0,
+    seed: int = 0,
 ) -> dict:
     """DIR at each FPIR for probes against a gallery; probes whose identity is not in the gallery
     are the unknowns.
 
+    Args:
+        n_boot: when > 0, a 95% interval of each DIR by the bootstrap over the probes' identities
+            (:func:`dir_at_fpir_ci`); ``seed`` seeds it.
+
     Returns:
         ``{"n_known", "n_unknown", "dir_at_fpir": [{"fpir", "dir", "threshold", "achieved_fpir",
-        "supported"}]}`` where ``supported`` applies the rule of three to the unknown count.
+        "supported"}]}`` where ``supported`` applies the rule of three to the unknown count; with
+        ``n_boot``, each row also holds ``"ci95": [low, high]`` (``None`` where no replicate had both
+        known and unknown probes) and the result ``"ci_method"``.
     """
+    from .bootstrap import SUBJECT_METHOD
     from .verification import far_supported
 
     py = np.asarray(probe_labels).reshape(-1)
@@ -431,4 +440,61 @@ def open_set_metrics(
                 "supported": far_supported(n_unknown, f),
             }
         )
-    return {"n_known": int(known.sum()), "n_unknown": n_unknown, "dir_at_fpir": rows}
+    out = {"n_known": int(known.sum()), "n_unknown": n_unknown, "dir_at_fpir": rows}
+    if n_boot:
+        ci = dir_at_fpir_ci(d[known], correct[known], py[known], d[~known], py[~known], fpirs, n_boot=n_boot,
+                            seed=seed)
+        for row in rows:
+            row["ci95"] = list(ci[row["fpir"]]) if row["fpir"] in ci else None
+        out["ci_method"] = SUBJECT_METHOD
+    return out
+
+
+def dir_at_fpir_ci(
+    known_distances,
+    known_correct,
+    known_subjects,
+    unknown_distances,
+    unknown_subjects,
+    fpirs: Sequence[float],
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[float, tuple[float, float]]:
+    """Percentile intervals of :func:`dir_at_fpir` by resampling the probes' identities.
+
+    Known and unknown identities are drawn together (with replacement), every probe of a drawn identity
+    is kept once per draw, and each replicate chooses its own threshold on its own unknown probes, as a new
+    evaluation would: the interval covers the spread of the threshold as well as that of the DIR.
+
+    Args:
+        known_distances: ``[K]`` nearest-neighbour distance of each known probe.
+        known_correct: ``[K]`` bool, whether that nearest neighbour has the probe's identity.
+        known_subjects: ``[K]`` identity of each known probe.
+        unknown_distances: ``[U]``; unknown_subjects: ``[U]`` (identities not in the gallery).
+        fpirs: the FPIR targets.
+        n_boot, seed, level: see :func:`siamsearch.metrics.bootstrap.subject_bootstrap_weighted_ci`.
+
+    Returns:
+        ``{fpir: (low, high)}``; a replicate without known or without unknown probes is drawn again.
+    """
+    from .bootstrap import subject_bootstrap_weighted_ci
+
+    kd = np.asarray(known_distances, dtype=np.float64).reshape(-1)
+    kc = np.asarray(known_correct, dtype=bool).reshape(-1)
+    ud = np.asarray(unknown_distances, dtype=np.float64).reshape(-1)
+    ks, us = np.asarray(known_subjects).reshape(-1), np.asarray(unknown_subjects).reshape(-1)
+    if not (kd.size == kc.size == ks.size and ud.size == us.size):
+        raise SiamsearchError("known distances, correctness and subjects (and unknown distances and subjects) "
+                              "must have one entry per probe")
+    n = kd.size
+
+    def statistic(w: np.ndarray) -> Optional[dict]:
+        wk, wu = w[:n], w[n:]
+        if not (wk.any() and wu.any()):
+            return None
+        rk_d, rk_c, ru_d = np.repeat(kd, wk), np.repeat(kc, wk), np.repeat(ud, wu)
+        return {str(f): dir_at_fpir(rk_d, rk_c, ru_d, f)[0] for f in fpirs}
+
+    ci = subject_bootstrap_weighted_ci(np.r_[ks, us], statistic, n_boot=n_boot, seed=seed, level=level)
+    return {float(f): ci[str(f)] for f in fpirs if str(f) in ci}

@@ -188,6 +188,16 @@ def with_history(new: dict, old: Optional[dict]) -> dict:
     return {**new, "previous_records": kept}
 
 
+def compare_lines(old: dict, new: dict, heads: tuple[str, str] = ("before", "now")) -> list[str]:
+    """:func:`compare` as aligned text lines (a header, then one line per figure), each indented by two
+    spaces; every column is as wide as its longest cell plus two spaces, so long values (data paths) never
+    run into the next column."""
+    rows = [("", *heads)] + compare(old, new)
+    w0 = max(len(r[0]) for r in rows) + 2
+    w1 = max(len(r[1]) for r in rows) + 2
+    return [f"  {name:<{w0}}{a:<{w1}}{b}".rstrip() for name, a, b in rows]
+
+
 def compare(old: dict, new: dict) -> list[tuple[str, str, str]]:
     """Rows ``(figure, old value, new value)`` for showing a replaced calibration beside its successor."""
     def cell(r: dict, key: str, fmt: str) -> str:
