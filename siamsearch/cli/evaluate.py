@@ -84,9 +84,6 @@ def evaluate(model, data, format_, split, protocol, index, pairs, images, skip_m
         conflicts = pairs_file_conflicts(protocol, split, limit, format_)
         if conflicts:
             raise click.UsageError(f"with --pairs FILE: {'; '.join(conflicts)}")
-    elif skip_missing:
-        raise click.UsageError("--skip-missing goes with --pairs FILE (a pairs file); a dataset (--data) already "
-                               "skips unreadable images and lists them in metrics.json")
     if out is None:
         source = Path(pairs if pairs_file else data if data is not None else index)
         out = str(Path("runs") / f"{Path(model).stem}-{source.stem or 'data'}")
