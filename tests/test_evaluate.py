@@ -49,7 +49,10 @@ def test_evaluate_writes_metrics_and_report(tiny_model, folders, tmp_path):
     assert html.count("data:image/png;base64,") >= 6 and "Warnings" in html
     for name in ("roc", "det", "distances", "cmc", "false_accepts", "false_rejects"):
         assert (out / "plots" / f"{name}.png").stat().st_size > 1000
-    assert (out / "report.md").exists()
+    md = (out / "report.md").read_text()
+    lo, hi = m["identification"]["leave_one_out"]["ci95"]["precision_at_1"]
+    dlo, dhi = m["identification"]["open_set"]["dir_at_fpir"][0]["ci95"]
+    assert f"[{lo:.4f}, {hi:.4f}]" in md and f"[{dlo:.4f}, {dhi:.4f}]" in md  # the intervals are in the report
     assert dict(summary_rows(m))["ROC AUC"].startswith(f"{m['verification']['auc']['value']:.4f}")
 
 

@@ -353,10 +353,19 @@ def _sections(metrics: dict) -> list[tuple[str, list[str], list[list]]]:
     i = metrics.get("identification")
     if i:
         loo = i["leave_one_out"]
-        rows = [["precision@1", f"{loo['precision_at_1']:.4f}"]]
-        rows += [[f"recall@{k}", f"{val:.4f}"] for k, val in loo["recall_at_k"].items()]
-        rows += [["R-precision", f"{loo['r_precision']:.4f}"], ["MAP@R", f"{loo['map_at_r']:.4f}"]]
-        out.append((f"Identification, leave-one-out ({loo['n_queries']:,} queries)", ["figure", "value"], rows))
+        ci = loo.get("ci95") or {}
+
+        def interval(c) -> str:
+            return f"[{c[0]:.4f}, {c[1]:.4f}]" if c else ""
+
+        rows = [["precision@1", f"{loo['precision_at_1']:.4f}", interval(ci.get("precision_at_1"))]]
+        kci = ci.get("recall_at_k") or {}
+        rows += [[f"recall@{k}", f"{val:.4f}", interval(kci.get(k, kci.get(str(k))))]
+                 for k, val in loo["recall_at_k"].items()]
+        rows += [["R-precision", f"{loo['r_precision']:.4f}", interval(ci.get("r_precision"))],
+                 ["MAP@R", f"{loo['map_at_r']:.4f}", interval(ci.get("map_at_r"))]]
+        out.append((f"Identification, leave-one-out ({loo['n_queries']:,} queries)", ["figure", "value", "95% CI"],
+                    rows))
         os_ = i.get("open_set")
         if os_:
             rows = [["closed-set precision@1 (known probes)", f"{os_['closed_set']['precision_at_1']:.4f}", "", ""]]
