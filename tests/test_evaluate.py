@@ -52,7 +52,9 @@ def test_evaluate_writes_metrics_and_report(tiny_model, folders, tmp_path):
     md = (out / "report.md").read_text()
     lo, hi = m["identification"]["leave_one_out"]["ci95"]["precision_at_1"]
     dlo, dhi = m["identification"]["open_set"]["dir_at_fpir"][0]["ci95"]
-    assert f"[{lo:.4f}, {hi:.4f}]" in md and f"[{dlo:.4f}, {dhi:.4f}]" in md  # the intervals are in the report
+    p1 = m["identification"]["leave_one_out"]["precision_at_1"]
+    assert f"| precision@1 | {p1:.4f} | [{lo:.4f}, {hi:.4f}] |" in md  # the tables carry the intervals
+    assert f"| [{dlo:.4f}, {dhi:.4f}] |" in md
     assert dict(summary_rows(m))["ROC AUC"].startswith(f"{m['verification']['auc']['value']:.4f}")
 
 
