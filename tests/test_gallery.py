@@ -505,3 +505,25 @@ def test_journal_of_another_model_is_discarded_and_folders_are_locked(tmp_path, 
         with pytest.raises(GalleryError, match="another build or update"):
             g.update(progress=False, workers=0)
     assert len(g.search(g.embeddings[:1], k=2)) == 1  # still usable after the refused update
+
+
+def test_gallery_file_reads_its_attributes_once(tmp_path, tiny_model, monkeypatch):
+    """Attributes and shape are read from the HDF5 file once per open handle (a served search used to read
+    them on every request); callers get a copy, so changing it changes nothing."""
+    from siamsearch.gallery.hdf5 import GalleryFile
+
+    src = make_identity_folders(tmp_path / "src", n_ids=2, per_id=2)
+    g = build(src, tiny_model, tmp_path / "g")
+    expected = dict(g.attrs)
+    g.close()
+    gf = GalleryFile(tmp_path / "g" / gstore.H5_NAME)
+    first = gf.attrs
+    assert first == expected and gf.dim == expected["embedding_dim"] and gf.n_rows == 4
+    first["source_dir"] = "elsewhere"
+
+    def no_reads(*a, **kw):
+        raise AssertionError("attributes read from the file again")
+
+    monkeypatch.setattr(h5py.AttributeManager, "items", no_reads)
+    assert gf.attrs == expected and gf.dim == expected["embedding_dim"] and gf.n_rows == 4
+    gf.close()
