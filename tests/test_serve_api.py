@@ -3,6 +3,7 @@ round trips checked against the library and a fresh `index build`, API keys, lim
 from __future__ import annotations
 
 import asyncio
+import os
 import io
 import threading
 
@@ -389,3 +390,22 @@ def test_cli_refuses_bad_setups_cleanly(served, tmp_path):
     assert r.exit_code == 2 and "was built with model" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(main, ["serve", "--help"])
     assert r.exit_code == 0 and "--max-upload-mb" in r.output and "--api-keys" in r.output
+
+
+@pytest.mark.parametrize("workers, threads", [(1, 1), (1, 2), (2, 1), (1, 64)])
+def test_inference_threads_share_out_the_cores(served, workers, threads, monkeypatch):
+    """Each inference thread runs torch on cores / (workers x inference threads) threads (at least one), set in
+    the thread itself (the count is per calling thread); the main thread's setting is left alone."""
+    import torch
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    cfg = ServeConfig(model=served["cfg"].model, indexes=served["cfg"].indexes, workers=workers,
+                      inference_threads=threads)
+    assert cfg.torch_threads == max(1, 4 // (workers * threads))
+    before = torch.get_num_threads()
+    svc = Service(cfg)
+    try:
+        seen = asyncio.run(svc.pool.run(torch.get_num_threads))
+    finally:
+        svc.pool.shutdown()
+    assert seen == cfg.torch_threads and torch.get_num_threads() == before

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from .errors import ApiError
 
@@ -16,12 +16,15 @@ RETRY_AFTER_S = 1
 
 
 class InferencePool:
-    """``threads`` workers plus ``queue`` waiting places; beyond that, :class:`ApiError` 503."""
+    """``threads`` workers plus ``queue`` waiting places; beyond that, :class:`ApiError` 503.
+    ``initializer`` runs once in each worker thread when it starts."""
 
-    def __init__(self, threads: int, queue: int, on_reject: Callable[[], None] = lambda: None):
+    def __init__(self, threads: int, queue: int, on_reject: Callable[[], None] = lambda: None,
+                 initializer: Optional[Callable[[], None]] = None):
         self.threads, self.capacity = int(threads), int(threads) + int(queue)
         self._slots = threading.BoundedSemaphore(self.capacity)
-        self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="siamsearch-infer")
+        self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="siamsearch-infer",
+                                            initializer=initializer)
         self._on_reject = on_reject
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:

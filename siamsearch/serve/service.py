@@ -7,6 +7,7 @@ with the same keys as the CLI's ``--json`` outputs (``verify --json``, ``query -
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,6 +25,13 @@ from .uploads import Upload
 #: Keys of a calibration record shown in ``/api/v1/info``.
 CALIBRATION_SUMMARY = ("rule", "target_far", "threshold", "far", "far_ci95", "tar", "tar_ci95", "n_genuine",
                        "n_impostor", "auc", "eer", "created", "model_fingerprint")
+
+
+def _set_torch_threads(n: int) -> None:
+    """Run in each inference thread as it starts: torch's intra-op thread count is per calling thread."""
+    import torch
+
+    torch.set_num_threads(n)
 
 
 class Service:
@@ -49,7 +57,8 @@ class Service:
             self.galleries[h.name] = h
             self.metrics.gallery_images.labels(h.name).set(len(h.current()))
         self.limiter = RateLimiter(config.rate_limit) if config.rate_limit > 0 else None
-        self.pool = InferencePool(config.inference_threads, config.queue, on_reject=self.metrics.busy.inc)
+        self.pool = InferencePool(config.inference_threads, config.queue, on_reject=self.metrics.busy.inc,
+                                  initializer=partial(_set_torch_threads, self.config.torch_threads))
 
     # ---- description
 
