@@ -130,6 +130,27 @@ def test_stream_reports_failures_in_order(model_path):
     assert np.allclose(np.concatenate([b.embeddings for b in batches]), ref, atol=1e-6)
 
 
+def test_in_process_batches_equal_the_dataloader_ones(model_path):
+    """Without decoding workers the batches are made in this process without a DataLoader; they are the
+    batches a DataLoader with one worker process makes: same positions, failures and embeddings."""
+    emb = Embedder(load_checkpoint(model_path), device="cpu", precision="fp32")
+    ims = _images(8)
+
+    def load(i):
+        if i in (0, 5, 6):
+            from siamsearch.core.errors import UnreadableImage
+            raise UnreadableImage(f"item{i}", f"corrupt {i} (test)")
+        return ims[i]
+
+    here = list(stream_embeddings(emb.runner, 8, load, emb.transform, emb.dim, batch_size=3))
+    loader = list(stream_embeddings(emb.runner, 8, load, emb.transform, emb.dim, batch_size=3, workers=1))
+    assert [b.positions.tolist() for b in here] == [b.positions.tolist() for b in loader] == [[1, 2], [3, 4], [7]]
+    assert [b.failures for b in here] == [b.failures for b in loader]
+    for a, b in zip(here, loader):
+        assert a.embeddings.shape == b.embeddings.shape and np.allclose(a.embeddings, b.embeddings, atol=1e-6)
+    assert list(stream_embeddings(emb.runner, 0, load, emb.transform, emb.dim)) == []
+
+
 @pytest.mark.parametrize("precision", ["fp32", "auto"])
 def test_embedding_workers_give_the_in_process_answer(model_path, precision):
     """Forked workers that decode and embed whole batches on one thread: same order, same failures, same
