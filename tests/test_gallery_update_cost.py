@@ -77,16 +77,25 @@ def test_update_writes_only_the_new_rows_and_hashes_only_files_whose_stat_change
         hashed.append(Path(path).relative_to(src).as_posix())
         return sha(path)
 
+    from siamsearch.core import embedder as embedder_module
+
+    read, read_digest = [], embedder_module.read_image_digest
+
+    def counting_read(path, *a, **kw):
+        read.append(Path(path).relative_to(src).as_posix())
+        return read_digest(path, *a, **kw)
+
     monkeypatch.setattr(GalleryWriter, "append", counting_append)
     monkeypatch.setattr(sync, "sha256_file", counting_sha)
+    monkeypatch.setattr(embedder_module, "read_image_digest", counting_read)
     report = _update(tmp_path / "gal")
     assert (report.added, report.changed, report.removed, report.unchanged) == (2, 1, 1, 18)
     # only the three new rows are written: the 20 committed rows stay as they are in the copied store
     assert sum(appended) == 3
     # unchanged files (same size and mtime) are never read; the changed and the touched one are hashed
-    # to compare, the embedded ones once more for their rows
-    assert sorted(hashed) == sorted(["id_1/img_0.png", "id_3/img_2.png",
-                                     "id_0/new.png", "id_5/a.png", "id_1/img_0.png"])
+    # to compare; the embedded ones are read once each, their row's hash taken from the bytes embedded
+    assert sorted(hashed) == sorted(["id_1/img_0.png", "id_3/img_2.png"])
+    assert sorted(read) == sorted(["id_0/new.png", "id_5/a.png", "id_1/img_0.png"])
 
 
 def test_patched_store_equals_a_rewritten_store(tmp_path, tiny_model, monkeypatch):

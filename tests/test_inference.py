@@ -223,3 +223,28 @@ def test_keep_freed_memory_is_switched_on_once_and_can_be_refused(monkeypatch):
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert inference.keep_freed_memory() is expected
     assert inference._malloc_tuned["done"] is expected
+
+
+@pytest.mark.parametrize("embed_workers", [0, 2])
+def test_embed_files_digests_are_the_hashes_of_the_embedded_files(model_path, tmp_path, embed_workers):
+    """``digests=True``: each embedded file's SHA-256 (hashlib over the file's bytes, computed here
+    independently), aligned with the positions; embeddings and failures as without digests."""
+    import hashlib
+
+    from PIL import Image
+
+    emb = Embedder(load_checkpoint(model_path), device="cpu", precision="fp32")
+    paths = []
+    for i, im in enumerate(_images(7)):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(im, "L").save(p) if i != 4 else p.write_bytes(b"not an image")
+        paths.append(str(p))
+    paths.append(str(tmp_path / "missing.png"))
+    plain = list(emb.embed_files(paths, batch_size=3, embed_workers=embed_workers))
+    hashed = list(emb.embed_files(paths, batch_size=3, embed_workers=embed_workers, digests=True))
+    assert all(b.digests is None for b in plain)
+    assert [b.failures for b in hashed] == [b.failures for b in plain]
+    assert [f[0] for b in hashed for f in b.failures] == [4, 7]
+    for a, b in zip(plain, hashed):
+        assert b.positions.tolist() == a.positions.tolist() and np.allclose(a.embeddings, b.embeddings, atol=1e-6)
+        assert b.digests == [hashlib.sha256(open(paths[i], "rb").read()).hexdigest() for i in b.positions]

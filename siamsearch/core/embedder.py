@@ -16,10 +16,11 @@ from .config import ModelConfig
 from .distance import pair_distances
 from .errors import CheckpointError, SiamsearchError, UnreadableImage
 from .fusion import optimize_for_inference
-from .images import ImageLike
-from .inference import EmbeddedBatch, InferenceRunner, can_embed_in_workers, should_compile, stream_embeddings
+from .images import ImageLike, read_image_digest
+from .inference import (Digested, EmbeddedBatch, InferenceRunner, can_embed_in_workers, should_compile,
+                        stream_embeddings)
 from .model import EmbeddingNet
-from .preprocess import build_transform
+from .preprocess import build_transform, decode_mode, decode_size
 
 
 def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
@@ -44,6 +45,17 @@ class _Pick:
 
     def __call__(self, i: int):
         return self.items[i]
+
+
+class _PickDigested:
+    """``i -> Digested(image of paths[i], SHA-256 of its bytes)``: one read per file, decoded as a path given to
+    the transform would be (JPEGs at reduced scale down to ``min_size``). Picklable, for decoding workers."""
+
+    def __init__(self, paths: Sequence, min_size: int, mode: str):
+        self.paths, self.min_size, self.mode = paths, min_size, mode
+
+    def __call__(self, i: int) -> Digested:
+        return Digested(*read_image_digest(self.paths[i], self.min_size, self.mode))
 
 
 def _is_single_image(x) -> bool:
@@ -152,7 +164,7 @@ class Embedder:
 
     def embed_files(
         self, paths: Sequence, batch_size: int = 64, workers: int = 0, progress: bool = False,
-        embed_workers: int = 0,
+        embed_workers: int = 0, digests: bool = False,
     ) -> Iterator[EmbeddedBatch]:
         """Stream embeddings of image files in input order, in batches.
 
@@ -165,10 +177,16 @@ class Embedder:
             workers: DataLoader worker processes decoding images in parallel.
             embed_workers: worker processes that each decode and embed whole batches on one thread
                 (CPU; see :func:`~siamsearch.core.inference.stream_embeddings`); ``workers`` is then ignored.
+            digests: each batch also carries ``digests``, the hex SHA-256 of the bytes each embedded image
+                was decoded from (aligned with ``positions``), hashed where the file is read (in the
+                workers, when there are): the gallery's content hashes, with no second read of the file.
         """
         paths = list(paths)
-        # the transform decodes each path (JPEGs at reduced scale), as for a path given to embed()
-        yield from self.embed_items(len(paths), _Pick(paths), batch_size=batch_size, workers=workers,
+        if digests:
+            load: Callable = _PickDigested(paths, decode_size(self.config), decode_mode(self.config))
+        else:  # the transform decodes each path (JPEGs at reduced scale), as for a path given to embed()
+            load = _Pick(paths)
+        yield from self.embed_items(len(paths), load, batch_size=batch_size, workers=workers,
                                     progress=progress, embed_workers=embed_workers)
 
     def distance(self, a: ImageLike, b: ImageLike) -> float:

@@ -167,6 +167,12 @@ def read_image(path: Union[str, os.PathLike], min_size: Optional[int] = None, mo
         UnreadableImage: with a short reason: ``missing``, ``empty file``,
             ``not an image``, ``truncated``, ``corrupt (...)``, ``decompression bomb``.
     """
+    name, data = _file_bytes(path)
+    return _decode(io.BytesIO(data), name, min_size, mode)
+
+
+def _file_bytes(path: Union[str, os.PathLike]) -> tuple[str, bytes]:
+    """``(name for messages, the file's bytes)``, or :class:`UnreadableImage` (missing, empty, unreadable)."""
     name = str(path)
     try:
         size = os.path.getsize(path)
@@ -179,14 +185,27 @@ def read_image(path: Union[str, os.PathLike], min_size: Optional[int] = None, mo
             data = f.read()
     except OSError as e:
         raise UnreadableImage(name, f"not readable ({e.strerror})") from None
+    return name, data
+
+
+def read_image_bytes(data: bytes, name: str, min_size: Optional[int] = None, mode: Optional[str] = None) -> Image.Image:
+    """Decode an image from bytes (e.g. a zip member); ``name`` is used in errors; ``min_size`` and ``mode``
+    as in :func:`read_image`."""
+    if not data:
+        raise UnreadableImage(name, "empty file (0 bytes)")
     return _decode(io.BytesIO(data), name, min_size, mode)
 
 
-def read_image_bytes(data: bytes, name: str) -> Image.Image:
-    """Decode an image from bytes (e.g. a zip member); ``name`` is used in errors."""
-    if not data:
-        raise UnreadableImage(name, "empty file (0 bytes)")
-    return _decode(io.BytesIO(data), name)
+def read_image_digest(path: Union[str, os.PathLike], min_size: Optional[int] = None,
+                      mode: Optional[str] = None) -> tuple[Image.Image, str]:
+    """:func:`read_image` and the hex SHA-256 of the very bytes it decoded, from one read of the file (a
+    hash taken in a second read could describe a file that changed in between).
+
+    Raises:
+        UnreadableImage: as :func:`read_image`.
+    """
+    name, data = _file_bytes(path)
+    return _decode(io.BytesIO(data), name, min_size, mode), hashlib.sha256(data).hexdigest()
 
 
 def as_pil(image: ImageLike) -> Image.Image:

@@ -262,10 +262,22 @@ class EmbeddedBatch:
     positions: np.ndarray
     embeddings: np.ndarray
     failures: list
+    digests: Optional[list] = None
+
+
+class Digested:
+    """What a ``load`` function may return instead of an image: the image and the digest of the exact bytes
+    it was decoded from; :class:`EmbeddedBatch` then carries the digests of its embedded items."""
+
+    __slots__ = ("image", "digest")
+
+    def __init__(self, image, digest: str):
+        self.image, self.digest = image, digest
 
 
 class _Items(Dataset):
-    """Item ``i`` is ``(i, transform(load(i)))``, or ``(i, reason)`` when it cannot be read."""
+    """Item ``i`` is ``(i, transform(load(i)), digest or None)``, or ``(i, reason, None)`` when it cannot be
+    read."""
 
     def __init__(self, n: int, load: Callable, transform: Callable):
         self.n, self.load, self.transform = int(n), load, transform
@@ -275,19 +287,23 @@ class _Items(Dataset):
 
     def __getitem__(self, i: int):
         try:
-            return i, self.transform(self.load(i))
+            item = self.load(i)
+            if isinstance(item, Digested):
+                return i, self.transform(item.image), item.digest
+            return i, self.transform(item), None
         except UnreadableImage as e:
-            return i, e.reason
+            return i, e.reason, None
         except Exception as e:  # a decoder bug on one file must not stop a long run
-            return i, f"cannot preprocess ({type(e).__name__}: {e})"
+            return i, f"cannot preprocess ({type(e).__name__}: {e})", None
 
 
 def _collate(items):
-    ok = [(i, x) for i, x in items if isinstance(x, torch.Tensor)]
-    failures = [(i, x) for i, x in items if not isinstance(x, torch.Tensor)]
-    positions = torch.tensor([i for i, _ in ok], dtype=torch.int64)
-    batch = torch.stack([x for _, x in ok]) if ok else None
-    return positions, batch, failures
+    ok = [(i, x, h) for i, x, h in items if isinstance(x, torch.Tensor)]
+    failures = [(i, x) for i, x, _ in items if not isinstance(x, torch.Tensor)]
+    positions = torch.tensor([i for i, _, _ in ok], dtype=torch.int64)
+    batch = torch.stack([x for _, x, _ in ok]) if ok else None
+    digests = [h for _, _, h in ok] if ok and ok[0][2] is not None else None
+    return positions, batch, failures, digests
 
 
 def _decode_worker_init(worker_id: int) -> None:
@@ -302,7 +318,7 @@ def _decode_worker_init(worker_id: int) -> None:
 
 class _EmbeddedBatches(Dataset):
     """Item ``b`` is batch ``b`` decoded *and embedded*: ``(positions [k] int64, embeddings [k, dim] float32,
-    failures)``, for workers that each run the model on their own batches (see :func:`stream_embeddings`)."""
+    failures, digests)``, for workers that each run the model on their own batches (see :func:`stream_embeddings`)."""
 
     def __init__(self, items: _Items, forward: Callable, batch_size: int, dim: int):
         self.items, self.forward, self.batch_size, self.dim = items, forward, int(batch_size), int(dim)
@@ -312,10 +328,10 @@ class _EmbeddedBatches(Dataset):
 
     def __getitem__(self, b: int):
         lo = b * self.batch_size
-        positions, batch, failures = _collate([self.items[i] for i in range(lo, min(len(self.items),
-                                                                                     lo + self.batch_size))])
+        positions, batch, failures, digests = _collate([self.items[i] for i in range(lo, min(len(self.items),
+                                                                                              lo + self.batch_size))])
         emb = self.forward(batch) if batch is not None else np.zeros((0, self.dim), np.float32)
-        return positions, emb, failures
+        return positions, emb, failures, digests
 
 
 def _as_is(item):
@@ -349,7 +365,9 @@ def stream_embeddings(forward: Callable[[torch.Tensor], np.ndarray], n: int, loa
         forward: preprocessed batch ``[b, C, H, W]`` -> embeddings ``[b, dim]`` float32
             (an :class:`InferenceRunner`).
         n: number of items.
-        load: ``i -> image`` (PIL image or array); raises :class:`UnreadableImage` for a bad item.
+        load: ``i -> image`` (PIL image or array), or a :class:`Digested` image, whose digests then come
+            back in each batch's ``digests`` (aligned with ``positions``); raises :class:`UnreadableImage`
+            for a bad item.
             Must be picklable when ``workers > 0``.
         transform: ``image -> [C, H, W]`` tensor.
         dim: the embedding length (for empty batches).
@@ -386,14 +404,14 @@ def stream_embeddings(forward: Callable[[torch.Tensor], np.ndarray], n: int, loa
 
         bar = tqdm(total=n, desc="embedding", unit="img", leave=False)
     try:
-        for positions, batch, failures in loader:
+        for positions, batch, failures, digests in loader:
             if embed_workers > 0:
                 emb = batch  # embedded by the worker
             else:
                 emb = forward(batch) if batch is not None else np.zeros((0, dim), np.float32)
             if bar is not None:
                 bar.update(len(positions) + len(failures))
-            yield EmbeddedBatch(positions.numpy(), emb, list(failures))
+            yield EmbeddedBatch(positions.numpy(), emb, list(failures), digests)
     finally:
         if bar is not None:
             bar.close()

@@ -102,6 +102,12 @@ class _ToNormalizedTensor:
         return x.mul_(self.scale).sub_(self.shift)
 
 
+def decode_mode(config: ModelConfig) -> str:
+    """The mode a colour JPEG given by path is decoded to: ``"L"`` (its luma plane only) for a one-channel
+    model, else ``"RGB"`` (see :func:`~siamsearch.core.images.read_image`)."""
+    return "L" if config.in_channels == 1 else "RGB"
+
+
 def decode_size(config: ModelConfig) -> int:
     """The fewest pixels each side of a decoded image needs so that the resize to ``input_size`` still
     shrinks (or keeps) it after ``config.crop``: ``ceil(input_size / crop fraction)``. JPEG files given by
@@ -197,7 +203,7 @@ def build_transform(config: ModelConfig, train: bool = False, augment: bool = Tr
         return img
 
     channels, crop = config.in_channels, config.crop
-    min_size, mode = decode_size(config), "L" if channels == 1 else "RGB"
+    min_size, mode = decode_size(config), decode_mode(config)
 
     def transform(image: ImageLike) -> torch.Tensor:
         if isinstance(image, (str, os.PathLike)):  # a file: JPEGs decode at reduced scale (Image.draft)

@@ -23,7 +23,6 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from ..core.errors import SiamsearchError
-from ..core.images import sha256_file
 
 ENGINES = ("local", "ray")
 RAY_HINT = "pip install 'siamsearch[ray]'"
@@ -125,19 +124,12 @@ def run_local(tasks: list, source: Path, embedder, batch_size: int, workers: Opt
     for task in tasks:
         paths = [str(source / r) for r in task.relpaths]
         rels, shas, embs, failures = [], [], [], []
-        for batch in embedder.embed_files(paths, batch_size=batch_size, progress=progress,
+        for batch in embedder.embed_files(paths, batch_size=batch_size, progress=progress, digests=True,
                                           **embedding_layout(workers, paths)):
             failures += [(task.relpaths[pos], reason) for pos, reason in batch.failures]
-            good = []
-            for j, pos in enumerate(batch.positions.tolist()):
-                try:
-                    shas.append(sha256_file(paths[pos]))
-                except OSError as e:
-                    failures.append((task.relpaths[pos], f"missing or not readable ({e.strerror})"))
-                    continue
-                rels.append(task.relpaths[pos])
-                good.append(j)
-            embs.append(np.asarray(batch.embeddings[good], dtype="float32"))
+            rels += [task.relpaths[pos] for pos in batch.positions.tolist()]
+            shas += list(batch.digests or [])  # hashed from the bytes that were embedded
+            embs.append(np.asarray(batch.embeddings, dtype="float32"))
         emb = np.concatenate(embs) if embs else np.zeros((0, embedder.dim), "float32")
         yield ShardResult(task, rels, shas, emb, sorted(failures))
 

@@ -196,23 +196,17 @@ def embed_missing(plan: Plan, source: Path, embedder, pending: _store.PendingLog
             buf.clear()
             buf_emb.clear()
 
-    for batch in embedder.embed_files(paths, batch_size=batch_size, progress=progress,
+    for batch in embedder.embed_files(paths, batch_size=batch_size, progress=progress, digests=True,
                                       **embedding_layout(workers, paths)):
         skipped += [(to_embed[pos], reason) for pos, reason in batch.failures]
-        good = []
-        for j, pos in enumerate(batch.positions.tolist()):
+        # the content hash is of the bytes that were embedded, taken where the file was read
+        for pos, sha in zip(batch.positions.tolist(), batch.digests or []):
             r = to_embed[pos]
-            try:
-                sha = sha256_file(paths[pos])
-            except OSError as e:
-                skipped.append((r, f"missing or not readable ({e.strerror})"))
-                continue
             s, m = stat_now[r]
             buf.append((r, label_of[r], sha, m, s))
-            good.append(j)
-        if good:
-            buf_emb.append(np.asarray(batch.embeddings[good], dtype="float32"))
-            embedded += len(good)
+        if len(batch.positions):
+            buf_emb.append(np.asarray(batch.embeddings, dtype="float32"))
+            embedded += len(batch.positions)
         if len(buf) >= _store.CHUNK_ROWS:
             flush()
     flush()
