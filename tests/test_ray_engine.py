@@ -101,7 +101,7 @@ def test_ray_driver_dies_mid_build_rerun_embeds_only_uncommitted_shards(cluster,
         build(src, model, out, engine="ray", shard_size=40)
     monkeypatch.undo()
     assert not (out / "shards.json").exists()
-    assert len(json.loads((out / ".pending" / "run.json").read_text())["committed"]) == 2
+    assert (out / ".pending" / "committed.jsonl").read_text().count("\n") == 2
     g = build(src, model, out, engine="ray", shard_size=40)
     assert g.last_report.embedded == 200 - 2 * 40 and g.last_report.resumed == 80  # 3 of 5 shards embedded
     clean = build(src, model, root / "clean", shard_size=40)  # uninterrupted, local engine
@@ -176,8 +176,8 @@ def test_worker_killed_mid_build_shard_is_retried_not_half_written(cluster, setu
     def killer():
         deadline = time.time() + 120
         while time.time() < deadline and not killed:
-            journal = out / ".pending" / "run.json"
-            started = journal.exists() and json.loads(journal.read_text() or "{}").get("committed")
+            journal = out / ".pending" / "committed.jsonl"
+            started = journal.exists() and journal.read_text().count("\n") > 0
             for pid in actor_pids() if started else []:
                 os.kill(pid, 9)  # mid-build: one shard is written, the others are in flight
                 killed.append(pid)

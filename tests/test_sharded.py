@@ -141,12 +141,12 @@ def test_sigkill_mid_build_rerun_embeds_only_uncommitted_shards(tmp_path, tiny_m
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, str(script), str(src), str(tiny_model), str(out)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    journal = out / ".pending" / "run.json"
+    journal = out / ".pending" / "committed.jsonl"
 
-    def committed() -> int:
+    def committed() -> int:  # complete lines: one per committed shard
         try:
-            return len(json.loads(journal.read_text())["committed"])
-        except (OSError, ValueError):
+            return journal.read_text().count("\n")
+        except OSError:
             return 0
 
     deadline = time.time() + 180
@@ -331,3 +331,36 @@ def test_a_filesystem_without_flock_is_named_not_taken_for_a_running_build(tmp_p
     with pytest.raises(GalleryError, match="does not support flock") as e:
         store.FolderLock(tmp_path / "g")
     assert "another build" not in str(e.value)
+
+
+def test_journal_writes_the_plan_once_and_appends_each_commit(tmp_path):
+    """The plan (every file of the run) is written once; each committed shard appends one fsynced line. A
+    line cut short by a crash is ignored, a journal of another session is discarded, and a journal in the
+    earlier format (commits inside run.json) is still read."""
+    from siamsearch.gallery.shards import ShardEntry
+    from siamsearch.gallery.sharded import ShardJournal
+
+    folder = tmp_path / "g"
+    (folder / "shards").mkdir(parents=True)
+    args = ("fp", "/src", 8, "from-folder")
+    j = ShardJournal(folder, *args)
+    tasks = j.tasks([f"a/{i}.png" for i in range(10)], 4, 0, 0)
+    assert [len(t.relpaths) for t in tasks] == [4, 4, 2]
+    run_json = (folder / ".pending" / "run.json").read_bytes()
+    for t in tasks[:2]:
+        (folder / t.name).write_bytes(b"shard")
+        j.commit(ShardEntry(t.name, len(t.relpaths), t.first_id, t.first_id + len(t.relpaths)))
+    assert (folder / ".pending" / "run.json").read_bytes() == run_json  # not rewritten by the commits
+    lines = (folder / ".pending" / "committed.jsonl").read_text().splitlines()
+    assert [json.loads(line)["file"] for line in lines] == [t.name for t in tasks[:2]]
+    with open(folder / ".pending" / "committed.jsonl", "a") as f:
+        f.write('{"file": "shards/shard-0000')  # a crash in the middle of a third line
+    again = ShardJournal(folder, *args)
+    assert [e.file for e in again.committed] == [t.name for t in tasks[:2]]
+    assert [t.name for t in again.tasks([f"a/{i}.png" for i in range(8, 10)], 4, 0, 0)] == [tasks[2].name]
+    assert ShardJournal(folder, "other-model", "/src", 8, "from-folder").committed == []
+    old_format = {"session": dict(zip(("fingerprint", "source_dir", "dim", "label_mode"), args)),
+                  "committed": [e.to_dict() for e in again.committed], "plan": []}
+    (folder / ".pending" / "committed.jsonl").unlink()
+    (folder / ".pending" / "run.json").write_text(json.dumps(old_format))
+    assert [e.file for e in ShardJournal(folder, *args).committed] == [t.name for t in tasks[:2]]
