@@ -6,6 +6,7 @@ import asyncio
 import os
 import io
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -409,3 +410,39 @@ def test_inference_threads_share_out_the_cores(served, workers, threads, monkeyp
     finally:
         svc.pool.shutdown()
     assert seen == cfg.torch_threads and torch.get_num_threads() == before
+
+
+def test_decoding_an_upload_does_not_stall_the_event_loop(served, monkeypatch):
+    """Uploads are decoded in the inference pool: while one large photo decodes, other connections (here a
+    health check) are answered."""
+    import httpx
+
+    from siamsearch.serve import app as app_module
+
+    svc = Service(ServeConfig(model=served["cfg"].model, indexes=served["cfg"].indexes))
+    app = create_app(svc)
+    real, started, decoded_at = app_module.decode_upload, threading.Event(), []
+
+    def slow_decode(*a, **kw):
+        started.set()
+        time.sleep(0.6)  # a large photo
+        decoded_at.append(time.perf_counter())
+        return real(*a, **kw)
+
+    monkeypatch.setattr(app_module, "decode_upload", slow_decode)
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            search = asyncio.create_task(client.post(f"{API}/galleries/people/search",
+                                                     files={"image": _file(png_bytes(3))}))
+            while not started.is_set():
+                await asyncio.sleep(0.01)
+            health = await client.get("/healthz")
+            answered_at = time.perf_counter()
+            return await search, health, answered_at
+
+    found, health, answered_at = asyncio.run(go())
+    assert found.status_code == 200 and health.status_code == 200
+    # answered while the decode was still running (on the event loop it would have had to wait for it)
+    assert answered_at < decoded_at[0]
+    svc.pool.shutdown()

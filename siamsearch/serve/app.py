@@ -228,11 +228,16 @@ def _auth(svc: Service, role: str):
     return Depends(check)
 
 
-async def _read(svc: Service, f: UploadFile, field: str):
-    data = await f.read()
-    name = f.filename or field
+async def _read(f: UploadFile, field: str) -> tuple[bytes, str]:
+    """An upload's bytes and name, read on the event loop; decoding happens in the inference pool
+    (:func:`_decoded`), so that a large photo being decoded does not stall every other connection."""
+    return await f.read(), f.filename or field
+
+
+def _decoded(svc: Service, raw: tuple[bytes, str]):
+    """Decode a :func:`_read` upload (header limits first); runs on a pool or worker thread."""
     with svc.metrics.timed("decode"):
-        return decode_upload(data, name, svc.config.max_pixels)
+        return decode_upload(raw[0], raw[1], svc.config.max_pixels)
 
 
 def _install_api(app: FastAPI, svc: Service) -> None:
@@ -247,8 +252,9 @@ def _install_api(app: FastAPI, svc: Service) -> None:
                      image_b: UploadFile = File(..., description="second image"),
                      threshold: Optional[float] = Form(None, ge=0, le=2,
                                                        description="distance threshold [default: calibration]")):
-        a, b = await _read(svc, image_a, "image_a"), await _read(svc, image_b, "image_b")
-        return await svc.pool.run(svc.verify, a, b, check_threshold(threshold))
+        a, b = await _read(image_a, "image_a"), await _read(image_b, "image_b")
+        threshold = check_threshold(threshold)
+        return await svc.pool.run(lambda: svc.verify(_decoded(svc, a), _decoded(svc, b), threshold))
 
     @app.post(API + "/galleries/{name}/search", tags=["api"], dependencies=[read],
               summary="k nearest gallery images and the predicted identity")
@@ -256,15 +262,15 @@ def _install_api(app: FastAPI, svc: Service) -> None:
                      open_set: bool = Form(False, description="'unknown' beyond the threshold"),
                      threshold: Optional[float] = Form(None, ge=0, le=2)):
         svc.gallery(name)
-        q = await _read(svc, image, "image")
-        return await svc.pool.run(svc.search, name, q, k, open_set, threshold)
+        raw = await _read(image, "image")
+        return await svc.pool.run(lambda: svc.search(name, _decoded(svc, raw), k, open_set, threshold))
 
     @app.post(API + "/galleries/{name}/images", tags=["api"], dependencies=[write], status_code=201,
               summary="Enrol images of an identity (stored in the gallery's folder, searchable on return)")
     async def enrol(name: str, identity: str = Form(...), files: list[UploadFile] = File(...)):
         svc.gallery(name)
-        ups = [await _read(svc, f, f"files[{i}]") for i, f in enumerate(files)]
-        return await asyncio.to_thread(svc.enrol, name, identity, ups)
+        raws = [await _read(f, f"files[{i}]") for i, f in enumerate(files)]
+        return await asyncio.to_thread(lambda: svc.enrol(name, identity, [_decoded(svc, r) for r in raws]))
 
     @app.get(API + "/galleries/{name}/identities", tags=["api"], dependencies=[read],
              summary="Identities with image counts (paginated)")
