@@ -226,3 +226,35 @@ def test_two_node_cluster_spreads_shards_over_both(setup, tmp_path):
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["cluster"] == 2 and out["rows"] == 200
     assert len(out["nodes"]) == 2, out
+
+
+@pytest.mark.parametrize("as_objects", [False, True])
+def test_collect_groups_rows_into_tasks_in_order(as_objects):
+    """The driver's grouping of the pipeline's rows (no cluster needed): batches that span tasks, rows out
+    of order within a task, a row delivered twice (a retried block: the last one counts), failed rows, and
+    embeddings as a [b, d] array or one array per row."""
+    from siamsearch.gallery.engines import ShardTask, _collect
+
+    tasks = [ShardTask("shards/a.parquet", 0, ["a0", "a1", "a2"]), ShardTask("shards/b.parquet", 3, ["b0", "b1"])]
+    rows = [(0, 1, True, "", "h01", 1.0), (0, 0, True, "", "h00", 0.0), (0, 1, True, "", "h01", 1.5),
+            (0, 2, False, "corrupt", "", 9.0), (1, 1, True, "", "h11", 11.0), (1, 0, True, "", "h10", 10.0)]
+
+    def batch(part):
+        emb = np.array([[r[5], -r[5]] for r in part], "float32")
+        return {"task": np.array([r[0] for r in part]), "pos": np.array([r[1] for r in part]),
+                "ok": np.array([r[2] for r in part]), "reason": np.array([r[3] for r in part], dtype=object),
+                "sha": np.array([r[4] for r in part], dtype=object),
+                "embedding": np.array(list(emb) + [None], dtype=object)[:-1] if as_objects else emb,
+                "node": np.array(["n1"] * len(part), dtype=object)}
+
+    class FakeDataset:
+        def iter_batches(self, batch_size, batch_format):
+            return iter([batch(rows[:2]), batch(rows[2:5]), batch(rows[5:])])
+
+    out = list(_collect(FakeDataset(), tasks, batch_size=3))
+    assert [r.task.name for r in out] == ["shards/a.parquet", "shards/b.parquet"]
+    a, b = out
+    assert a.relpaths == ["a0", "a1"] and a.sha256 == ["h00", "h01"] and a.failures == [("a2", "corrupt")]
+    np.testing.assert_array_equal(a.embeddings, [[0.0, -0.0], [1.5, -1.5]])  # the second delivery of a1
+    assert b.relpaths == ["b0", "b1"] and b.sha256 == ["h10", "h11"] and b.nodes == ["n1"]
+    assert a.embeddings.dtype == np.float32 and a.embeddings.flags.c_contiguous
