@@ -258,3 +258,30 @@ def test_collect_groups_rows_into_tasks_in_order(as_objects):
     np.testing.assert_array_equal(a.embeddings, [[0.0, -0.0], [1.5, -1.5]])  # the second delivery of a1
     assert b.relpaths == ["b0", "b1"] and b.sha256 == ["h10", "h11"] and b.nodes == ["n1"]
     assert a.embeddings.dtype == np.float32 and a.embeddings.flags.c_contiguous
+
+
+def test_ray_decoding_matches_the_local_engine(tmp_path):
+    """The Ray task's read -> hash -> decode -> preprocess gives the pixels the local engine embeds (a large
+    JPEG is decoded at reduced scale by both) and the hash of the file's bytes; unreadable files get the
+    local engine's reasons."""
+    import hashlib
+
+    from PIL import Image
+
+    from siamsearch.core.config import ModelConfig
+    from siamsearch.core.preprocess import build_transform
+    from siamsearch.gallery.engines import _decode_batch
+
+    cfg = ModelConfig(input_size=16, embedding_dim=8, in_channels=3, mean=(0.5,) * 3, std=(0.5,) * 3)
+    rng = np.random.default_rng(0)
+    big = tmp_path / "big.jpg"
+    Image.fromarray(rng.integers(0, 256, (120, 96, 3), dtype=np.uint8)).save(big, quality=90)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    paths = [str(big), str(tmp_path / "bad.png"), str(tmp_path / "missing.png")]
+    out = _decode_batch({"task": np.zeros(3, int), "pos": np.arange(3), "path": np.array(paths, dtype=object)},
+                        cfg.to_json())
+    local = build_transform(cfg, train=False)(str(big)).numpy()  # what the local engine embeds for a path
+    np.testing.assert_array_equal(out["pixels"][0], local)
+    assert out["sha"][0] == hashlib.sha256(big.read_bytes()).hexdigest()
+    assert out["ok"].tolist() == [True, False, False]
+    assert out["reason"][1].startswith("not an image") and out["reason"][2] == "missing or not readable"

@@ -188,12 +188,11 @@ def _file_bytes(path: Union[str, os.PathLike]) -> tuple[str, bytes]:
     return name, data
 
 
-def read_image_bytes(data: bytes, name: str, min_size: Optional[int] = None, mode: Optional[str] = None) -> Image.Image:
-    """Decode an image from bytes (e.g. a zip member); ``name`` is used in errors; ``min_size`` and ``mode``
-    as in :func:`read_image`."""
+def read_image_bytes(data: bytes, name: str) -> Image.Image:
+    """Decode an image from bytes (e.g. a zip member); ``name`` is used in errors."""
     if not data:
         raise UnreadableImage(name, "empty file (0 bytes)")
-    return _decode(io.BytesIO(data), name, min_size, mode)
+    return _decode(io.BytesIO(data), name)
 
 
 def read_image_digest(path: Union[str, os.PathLike], min_size: Optional[int] = None,

@@ -14,7 +14,6 @@ shard is written only when all its rows have arrived, so it is never half-writte
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,7 +105,7 @@ def embedding_layout(workers: Optional[int], paths: Sequence) -> dict:
 
     When ``workers`` is not given and the job would decode in this process on two cores (small files, see
     :func:`default_workers`), two worker processes each decode and embed whole batches with the model on
-    one thread, and this process hashes and writes: 20,000 48-px PNGs, smallcnn 64 px, 2 cores, in-process
+    one thread (and hash the bytes they read), and this process writes: 20,000 48-px PNGs, smallcnn 64 px, 2 cores, in-process
     2,100-2,350 images/s, two embedding workers 2,600-3,150 (the model scales only 1.8x from one thread to
     two, and decoding in this process left one core idle). The embedder falls back to the in-process loop
     where it cannot use them (GPU, compiled network, no ``fork``).
@@ -200,36 +199,35 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 
 
 def _decode_batch(batch: dict, config_json: str) -> dict:
-    """Ray Data task: read, hash, decode and preprocess a batch of files (CPU)."""
+    """Ray Data task: read, hash, decode and preprocess a batch of files (CPU), as the local engine does
+    (:func:`~siamsearch.core.images.read_image_digest`: one read, the hash of the bytes decoded, JPEGs at
+    reduced scale), so that both engines store the same embeddings and hashes."""
     from ..core.config import ModelConfig
     from ..core.errors import UnreadableImage
-    from ..core.images import read_image_bytes
-    from ..core.preprocess import build_transform
+    from ..core.images import read_image_digest
+    from ..core.preprocess import build_transform, decode_mode, decode_size
 
-    transform = build_transform(ModelConfig.from_json(config_json), train=False)
+    config = ModelConfig.from_json(config_json)
+    transform = build_transform(config, train=False)
+    min_size, mode = decode_size(config), decode_mode(config)
     pixels, ok, reasons, shas = [], [], [], []
     shape = None
     for path in batch["path"].tolist():
         try:
-            with open(path, "rb") as f:
-                data = f.read()
-            x = transform(read_image_bytes(data, os.path.basename(path))).numpy()
+            image, sha = read_image_digest(path, min_size, mode)
+            x = transform(image).numpy()
             shape = x.shape
             pixels.append(x)
             ok.append(True)
             reasons.append("")
-            shas.append(hashlib.sha256(data).hexdigest())
-        except OSError as e:
-            pixels.append(None), ok.append(False), shas.append("")
-            reasons.append(f"missing or not readable ({e.strerror})")
+            shas.append(sha)
         except UnreadableImage as e:
             pixels.append(None), ok.append(False), reasons.append(e.reason), shas.append("")
         except Exception as e:  # a decoder bug on one file must not stop a long run
             pixels.append(None), ok.append(False), shas.append("")
             reasons.append(f"cannot preprocess ({type(e).__name__}: {e})")
     if shape is None:
-        cfg = ModelConfig.from_json(config_json)
-        shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
+        shape = (config.in_channels, config.input_size, config.input_size)
     filled = np.stack([p if p is not None else np.zeros(shape, "float32") for p in pixels]).astype("float32")
     return {"task": batch["task"], "pos": batch["pos"], "pixels": filled, "ok": np.asarray(ok, bool),
             "reason": np.asarray(reasons, dtype=object), "sha": np.asarray(shas, dtype=object)}
