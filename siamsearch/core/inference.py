@@ -306,6 +306,11 @@ def _collate(items):
     return positions, batch, failures, digests
 
 
+def _batch_at(items: "_Items", lo: int, size: int):
+    """:func:`_collate` of items ``lo .. lo + size - 1`` (fewer at the end)."""
+    return _collate([items[i] for i in range(lo, min(len(items), lo + size))])
+
+
 def _decode_worker_init(worker_id: int) -> None:
     """Decoding workers run at lower CPU priority: on a machine with few cores they fill the time the
     model's threads leave idle instead of pre-empting them in the middle of a parallel region."""
@@ -327,9 +332,7 @@ class _EmbeddedBatches(Dataset):
         return (len(self.items) + self.batch_size - 1) // self.batch_size
 
     def __getitem__(self, b: int):
-        lo = b * self.batch_size
-        positions, batch, failures, digests = _collate([self.items[i] for i in range(lo, min(len(self.items),
-                                                                                              lo + self.batch_size))])
+        positions, batch, failures, digests = _batch_at(self.items, b * self.batch_size, self.batch_size)
         emb = self.forward(batch) if batch is not None else np.zeros((0, self.dim), np.float32)
         # numpy, not a tensor: a tensor crosses to the main process as a shared-memory file descriptor, a
         # socket handshake with this worker per batch (~0.3 s of the main process's CPU per 22,000 images)
@@ -399,7 +402,7 @@ def stream_embeddings(forward: Callable[[torch.Tensor], np.ndarray], n: int, loa
         )
     else:  # in this process: the batches a single-process DataLoader would make, without its set-up per call
         # (a served search embeds one image per request; the DataLoader's iterator cost ~8 % of that)
-        loader = (_collate([items[i] for i in range(s, min(n, s + batch_size))]) for s in range(0, n, batch_size))
+        loader = (_batch_at(items, lo, batch_size) for lo in range(0, n, batch_size))
     bar = None
     if progress:
         from tqdm import tqdm

@@ -317,9 +317,13 @@ def _table(header: list[str], rows: list[list]) -> str:
     return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
 
 
-def _ci(x: dict) -> str:
-    c = x.get("ci95")
+def _interval(c) -> str:
+    """``[low, high]`` to 4 decimals, or ``""`` for no interval."""
     return f"[{c[0]:.4f}, {c[1]:.4f}]" if c else ""
+
+
+def _ci(x: dict) -> str:
+    return _interval(x.get("ci95"))
 
 
 def _cv_row(cv: dict) -> list:
@@ -354,16 +358,12 @@ def _sections(metrics: dict) -> list[tuple[str, list[str], list[list]]]:
     if i:
         loo = i["leave_one_out"]
         ci = loo.get("ci95") or {}
-
-        def interval(c) -> str:
-            return f"[{c[0]:.4f}, {c[1]:.4f}]" if c else ""
-
-        rows = [["precision@1", f"{loo['precision_at_1']:.4f}", interval(ci.get("precision_at_1"))]]
+        rows = [["precision@1", f"{loo['precision_at_1']:.4f}", _interval(ci.get("precision_at_1"))]]
         kci = ci.get("recall_at_k") or {}
-        rows += [[f"recall@{k}", f"{val:.4f}", interval(kci.get(k, kci.get(str(k))))]
+        rows += [[f"recall@{k}", f"{val:.4f}", _interval(kci.get(k, kci.get(str(k))))]
                  for k, val in loo["recall_at_k"].items()]
-        rows += [["R-precision", f"{loo['r_precision']:.4f}", interval(ci.get("r_precision"))],
-                 ["MAP@R", f"{loo['map_at_r']:.4f}", interval(ci.get("map_at_r"))]]
+        rows += [["R-precision", f"{loo['r_precision']:.4f}", _interval(ci.get("r_precision"))],
+                 ["MAP@R", f"{loo['map_at_r']:.4f}", _interval(ci.get("map_at_r"))]]
         out.append((f"Identification, leave-one-out ({loo['n_queries']:,} queries)", ["figure", "value", "95% CI"],
                     rows))
         os_ = i.get("open_set")

@@ -23,7 +23,7 @@ independent (:func:`pairs_independent`).
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Optional
 
 import numpy as np
 
@@ -88,20 +88,34 @@ def subject_bootstrap_ci(
         raise SiamsearchError("distances, is_same and the two subject arrays must have one entry per pair")
     if n_boot < 1:
         raise SiamsearchError(f"n_boot must be at least 1; got {n_boot}")
-    rng = np.random.default_rng(seed)
-    samples: dict[str, list[float]] = {}
-    done = 0
-    for _ in range(2 * n_boot):
-        m = np.bincount(rng.integers(0, k, k), minlength=k)
+
+    def figures(m: np.ndarray) -> Optional[Mapping[str, float]]:
         w = np.where(s, m[a], m[a] * m[b])
         if not (w[s].any() and w[~s].any()):
+            return None
+        return statistic(np.repeat(d, w), np.repeat(s, w))
+
+    return _percentiles(_replicates(k, figures, n_boot, seed), level)
+
+
+def _replicates(k: int, figures: Callable[[np.ndarray], Optional[Mapping[str, float]]], n_boot: int,
+                seed: int) -> dict[str, list]:
+    """``{name: [value per replicate]}``: each replicate draws ``k`` identities with replacement and passes
+    ``figures`` the draw count of each identity ``[k]``; a replicate it answers ``None`` for (figure not
+    defined) is drawn again, up to ``2 n_boot`` draws in all."""
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list] = {}
+    done = 0
+    for _ in range(2 * n_boot):
+        out = figures(np.bincount(rng.integers(0, k, k), minlength=k))
+        if out is None:
             continue
-        for key, v in statistic(np.repeat(d, w), np.repeat(s, w)).items():
+        for key, v in out.items():
             samples.setdefault(key, []).append(v)
         done += 1
         if done == n_boot:
             break
-    return _percentiles(samples, level)
+    return samples
 
 
 def subject_bootstrap_mean_ci(
@@ -164,19 +178,7 @@ def subject_bootstrap_weighted_ci(
     code, k = _identity_codes(subjects)
     if k == 0:
         return {}
-    rng = np.random.default_rng(seed)
-    samples: dict[str, list[float]] = {}
-    done = 0
-    for _ in range(2 * n_boot):
-        figures = statistic(np.bincount(rng.integers(0, k, k), minlength=k)[code])
-        if figures is None:
-            continue
-        for key, v in figures.items():
-            samples.setdefault(key, []).append(float(v))
-        done += 1
-        if done == n_boot:
-            break
-    return _percentiles(samples, level)
+    return _percentiles(_replicates(k, lambda m: statistic(m[code]), n_boot, seed), level)
 
 
 def pairs_independent(a, b, subj_a, subj_b) -> bool:
