@@ -105,9 +105,9 @@ def embedding_layout(workers: Optional[int], paths: Sequence) -> dict:
 
     When ``workers`` is not given and the job would decode in this process on two cores (small files, see
     :func:`default_workers`), two worker processes each decode and embed whole batches with the model on
-    one thread (and hash the bytes they read), and this process writes: 20,000 48-px PNGs, smallcnn 64 px, 2 cores, in-process
-    2,100-2,350 images/s, two embedding workers 2,600-3,150 (the model scales only 1.8x from one thread to
-    two, and decoding in this process left one core idle). The embedder falls back to the in-process loop
+    one thread (and hash the bytes they read), and this process writes: 20,000 48-px PNGs, smallcnn 64 px,
+    2 cores, in-process 2,100-2,350 images/s, two embedding workers 2,600-3,150 (the model scales only 1.8x
+    from one thread to two, and decoding in this process left one core idle). The embedder falls back to the in-process loop
     where it cannot use them (GPU, compiled network, no ``fork``).
     """
     n_decode = decode_workers(workers, paths)
