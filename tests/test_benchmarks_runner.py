@@ -54,3 +54,20 @@ def test_naive_reference_matches_batched_faiss():
         assert fast[k] == pytest.approx(naive[k], abs=1e-9)
     assert fast["recall_at_k"][5] == pytest.approx(naive["recall_at_k"][5])
     assert np.isclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5).all()
+
+
+def test_distributed_build_fits_start_up_and_marginal_rate():
+    from benchmarks import distributed_build
+
+    # 4 s of start-up and 2,000 images/s: 10,000 images in 9 s, 5,000 in 6.5 s
+    fit = distributed_build.fixed_and_marginal({"embedded": 10000, "seconds": 9.0},
+                                               {"embedded": 5000, "seconds": 6.5})
+    assert fit == {"startup_s": 4.0, "marginal_ips": 2000.0}
+    # a half build that took as long as the full one (noise) gives no fit, and the median leaves it out
+    none = distributed_build.fixed_and_marginal({"embedded": 10000, "seconds": 6.0},
+                                                {"embedded": 5000, "seconds": 6.5})
+    assert none == {"startup_s": None, "marginal_ips": None}
+    other = distributed_build.fixed_and_marginal({"embedded": 10000, "seconds": 8.0},
+                                                 {"embedded": 5000, "seconds": 5.0})
+    assert distributed_build.median_fit([fit, none, other]) == {"startup_s": 3.0, "marginal_ips": 1833.3,
+                                                                 "rounds": 2}
