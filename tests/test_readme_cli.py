@@ -120,3 +120,22 @@ def test_named_modules_and_functions_exist(page):
                 assert hasattr(obj, attr), f"{page.name} names {dotted}, which does not exist"
                 obj = getattr(obj, attr)
             break
+
+
+def _leaf_commands(cmd: click.Command, path: tuple = ()):
+    if isinstance(cmd, click.Group):
+        for name in cmd.list_commands(click.Context(cmd)):
+            yield from _leaf_commands(cmd.get_command(click.Context(cmd), name), path + (name,))
+    else:
+        yield " ".join(path), cmd
+
+
+@pytest.mark.parametrize("name,cmd", list(_leaf_commands(main)), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_command_and_option_is_documented(name, cmd):
+    """Every subcommand, and every option (either spelling of a --x/--no-x flag), appears in README.md or docs/*.md."""
+    text = "\n".join(page.read_text(encoding="utf-8") for page in PAGES)
+    assert re.search(rf"siamsearch {re.escape(name)}\b", text), f"`siamsearch {name}` is shown nowhere in the docs"
+    for p in cmd.params:
+        opts = [o for o in getattr(p, "opts", []) + getattr(p, "secondary_opts", []) if o.startswith("-")]
+        if opts and not any(re.search(re.escape(o) + r"(?![\w-])", text) for o in opts):
+            pytest.fail(f"`siamsearch {name}` option {opts[0]} is described nowhere in README.md or docs/")
