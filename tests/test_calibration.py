@@ -171,3 +171,19 @@ def test_cli_table_and_json(model, data, tmp_path):
     assert "warning: only" in r.stderr  # 300 pairs cannot support FAR 1e-2
     r = runner.invoke(main, ["calibrate", "--model", str(model), "--data", str(data), "--target-far", "2"])
     assert r.exit_code == 2 and "target-far" in r.output
+
+
+def test_record_keys_are_the_ones_docs_calibrate_md_lists(model, data):
+    """docs/calibrate.md's table of the record names every key a calibration writes, and no other."""
+    import re
+    from pathlib import Path
+
+    calibrate(model, data, target_far=0.05, pairs=400, seed=1)
+    rec = calibrate(model, data, rule="eer", pairs=400, seed=1)  # a second one keeps the first in previous_records
+    table = (Path(__file__).resolve().parents[1] / "docs" / "calibrate.md").read_text().split("| key | meaning |")[1]
+    named = set()
+    for row in table.splitlines()[2:]:
+        if not row.startswith("|"):
+            break
+        named |= set(re.findall(r"`(\w+)`", row.split("|")[1]))
+    assert set(rec) == named, f"undocumented: {set(rec) - named}; documented but not written: {named - set(rec)}"
