@@ -50,6 +50,9 @@ def test_hdf5_datasets_and_attributes_are_the_documented_ones(tmp_path, tiny_mod
     manifest = json.loads((folder / "manifest.json").read_text())
     keys = set(re.findall(r"`(\w+)`", section("`manifest.json`").split("It is derived")[0]))
     assert set(manifest) == keys
+    info_doc = section("`manifest.json`").split("index info --json", 1)[1].split(")", 1)[0]
+    without, with_ = (set(re.findall(r"`(\w+)`", part)) for part in info_doc.split(";", 1))
+    assert set(Gallery.open(folder).info()) == (keys - without) | with_
     tree = TEXT.split("```\nindex/NAME/\n", 1)[1].split("```", 1)[0]
     assert {p.name for p in folder.iterdir()} <= set(re.findall(r"── (\S+?)/?\s", tree))
 
