@@ -139,3 +139,10 @@ def test_every_command_and_option_is_documented(name, cmd):
         opts = [o for o in getattr(p, "opts", []) + getattr(p, "secondary_opts", []) if o.startswith("-")]
         if opts and not any(re.search(re.escape(o) + r"(?![\w-])", text) for o in opts):
             pytest.fail(f"`siamsearch {name}` option {opts[0]} is described nowhere in README.md or docs/")
+
+
+def test_top_level_options_are_documented():
+    text = "\n".join(page.read_text(encoding="utf-8") for page in PAGES)
+    for p in main.params:
+        for opt in getattr(p, "opts", []):
+            assert f"siamsearch {opt}" in text, f"`siamsearch {opt}` is described nowhere in README.md or docs/"
