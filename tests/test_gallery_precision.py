@@ -46,3 +46,53 @@ def test_bf16_gallery_answers_fp32_queries(tmp_path, tiny_model, identity_folder
     assert [p[0] for p in r32.paths] == files and [p[0] for p in r16.paths] == files
     assert np.abs(r32.distances - r16.distances).max() < 0.05
     g16.close()
+
+
+def _other_than_auto() -> str:
+    """A precision that ``auto`` does not pick on this machine's CPU."""
+    import torch
+
+    return "fp32" if inference.resolve_precision("auto", torch.device("cpu")) != "fp32" else "bf16"
+
+
+def test_update_embeds_in_the_gallerys_precision(tmp_path, tiny_model, identity_folders):
+    """`index update` without --precision used to embed new files in `auto`'s precision and relabel the
+    whole gallery with it (an fp32 gallery said bf16 after one added file)."""
+    other = _other_than_auto()
+    out = tmp_path / "g"
+    res = CliRunner().invoke(main, ["index", "build", str(identity_folders), "--model", str(tiny_model), "--out",
+                                    str(out), "--workers", "0", "--no-progress", "--precision", other])
+    assert res.exit_code == 0, res.output
+    new = identity_folders / "id_0" / "new.png"
+    (identity_folders / "id_1" / "img_0.png").rename(new)
+    inference.set_default_precision("auto")
+    res = CliRunner().invoke(main, ["index", "update", str(out), "--workers", "0", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    with Gallery.open(out) as g:
+        assert g.info()["model"]["precision"] == other
+        row = g.paths.index(str(new))
+        expected = load_model(tiny_model, device="cpu", precision=other).embed([str(new)])[0]
+        np.testing.assert_array_equal(g.embeddings[row], expected)
+    res = CliRunner().invoke(main, ["index", "info", str(out)])
+    assert f"embedded in {other}," in res.output
+
+
+def test_update_in_another_precision_records_both(tmp_path, tiny_model, identity_folders):
+    out = tmp_path / "g"
+    g = Gallery.build(identity_folders, load_model(tiny_model, device="cpu", precision="fp32"), out=out,
+                      workers=0, progress=False)
+    g.close()
+    (identity_folders / "id_0" / "img_0.png").rename(identity_folders / "id_0" / "moved.png")
+    res = CliRunner().invoke(main, ["index", "update", str(out), "--workers", "0", "--no-progress",
+                                    "--precision", "bf16"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(CliRunner().invoke(main, ["index", "info", str(out), "--json"]).output)
+    assert info["model"]["precision"] == "fp32+bf16"
+    assert json.loads((out / "manifest.json").read_text())["model"]["precision"] == "fp32+bf16"
+    # another update in bf16 names each precision once; with no --precision it runs in `auto`'s
+    (identity_folders / "id_1" / "img_0.png").rename(identity_folders / "id_1" / "moved.png")
+    res = CliRunner().invoke(main, ["index", "update", str(out), "--workers", "0", "--no-progress",
+                                    "--precision", "bf16"])
+    assert res.exit_code == 0, res.output
+    with Gallery.open(out) as g:
+        assert g.info()["model"]["precision"] == "fp32+bf16"

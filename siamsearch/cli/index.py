@@ -147,7 +147,8 @@ def info(gallery, as_json, top):
     click.echo(f"gallery      {d['folder']}  ({d['disk_bytes'] / 1e6:.1f} MB on disk)")
     click.echo(f"images       {d['size']} from {d['source_dir']}"
                + (f"  ({d['deleted_rows']} deleted rows awaiting compaction)" if d["deleted_rows"] else ""))
-    click.echo(f"embeddings   {d['dim']}-d float32, model {d['model']['fingerprint']} ({d['model']['path']})")
+    click.echo(f"embeddings   {d['dim']}-d float32 embedded in {d['model']['precision']}, "
+               f"model {d['model']['fingerprint']} ({d['model']['path']})")
     click.echo(f"index        {ix['factory']} (requested {ix['params'].get('requested', 'auto')}; "
                f"removal by {ix['removal']}{', ' + params if params else ''})")
     click.echo(f"labels       {labels['mode']}: {labels['count']} labels")

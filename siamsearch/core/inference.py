@@ -130,6 +130,11 @@ def set_default_precision(precision: str) -> None:
     _default_precision["value"] = p
 
 
+def default_precision() -> str:
+    """The process default precision, as set (``auto``, ``fp32``, ``bf16`` or ``fp16``; not resolved)."""
+    return _default_precision["value"]
+
+
 def resolve_precision(precision: Optional[str], device: torch.device) -> str:
     """``auto|fp32|bf16|fp16`` -> the concrete precision (``fp32``, ``bf16`` or ``fp16``) for ``device``.
 

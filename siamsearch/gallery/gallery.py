@@ -26,7 +26,8 @@ import numpy as np
 from ..core.errors import GalleryError, SiamsearchError
 from . import ann as _ann
 from . import store as _store
-from .resolve import check_gallery_model, is_embedder, load_embedder, rebuild_command, recorded_model
+from .resolve import (check_gallery_model, is_embedder, load_embedder, rebuild_command, recorded_model,
+                      update_precision)
 from .results import BuildReport, SearchResult
 from .scan import LABEL_MODES
 from .store import GalleryReader
@@ -385,7 +386,9 @@ def update_gallery(folder: PathLike, model: Any = None, batch_size: int = 64, wo
 
     Args:
         model: checkpoint path or Embedder; default the checkpoint recorded in the gallery.
-            Its fingerprint must be the gallery's.
+            Its fingerprint must be the gallery's. A path is loaded in the gallery's recorded precision
+            unless the process default precision is set to one (``--precision fp32|bf16|fp16``); an
+            Embedder embeds in its own.
         engine, address: as for :meth:`Gallery.build` (``ray`` updates sharded galleries only).
         allow_mass_removal: allow one update to remove more than half of the gallery's images
             (refused otherwise: an unmounted drive looks like every file deleted).
@@ -402,7 +405,9 @@ def update_gallery(folder: PathLike, model: Any = None, batch_size: int = 64, wo
         old = _store.open_reader(folder)
         try:
             a = old.attrs
-            embedder = recorded_model(folder, a, device) if model is None else load_embedder(model, device)
+            precision = update_precision(a)
+            embedder = recorded_model(folder, a, device, precision) if model is None \
+                else load_embedder(model, device, precision)
             check_gallery_model(folder, a, embedder.fingerprint, "the model given",
                                 "update with the original checkpoint, or rebuild with " + rebuild_command(folder, a))
             source = Path(a["source_dir"])

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ..core.errors import SiamsearchError, check_fingerprint
 
@@ -12,15 +12,16 @@ def is_embedder(obj: Any) -> bool:
     return hasattr(obj, "fingerprint") and hasattr(obj, "embed_files")
 
 
-def load_embedder(model: Any, device: str):
-    """``model`` itself when it is an Embedder, else the checkpoint at path ``model`` loaded on ``device``."""
+def load_embedder(model: Any, device: str, precision: Optional[str] = None):
+    """``model`` itself when it is an Embedder, else the checkpoint at path ``model`` loaded on ``device`` in
+    ``precision`` (``None``: the process default)."""
     if is_embedder(model):
         return model
     if model is None:
         raise SiamsearchError("a model is needed: give the checkpoint with --model MODEL.pt")
     from ..core.embedder import load_model
 
-    return load_model(model, device=device)
+    return load_model(model, device=device, precision=precision)
 
 
 def check_gallery_model(folder: Path, attrs: dict, fingerprint: str, what: str, fix: str) -> None:
@@ -40,13 +41,25 @@ def rebuild_command(folder: Path, attrs: dict) -> str:
     return f"`siamsearch index build {attrs['source_dir']} --model MODEL.pt --out {folder} --overwrite`"
 
 
-def recorded_model(folder: Path, attrs: dict, device: str):
-    """The Embedder of the checkpoint recorded in a gallery, checked against its fingerprint."""
+def recorded_model(folder: Path, attrs: dict, device: str, precision: Optional[str] = None):
+    """The Embedder of the checkpoint recorded in a gallery, checked against its fingerprint, in ``precision``
+    (``None``: the process default)."""
     path = str(attrs.get("model_path", ""))
     if not path or not Path(path).is_file():
         raise SiamsearchError(f"the model that built {folder} ({path or 'no path recorded'}) is not "
                               "available; pass it with --model (Gallery.open(path, model=...))")
-    embedder = load_embedder(path, device)
+    embedder = load_embedder(path, device, precision)
     check_gallery_model(folder, attrs, embedder.fingerprint, f"{path} now",
                         "pass the original checkpoint with --model, or rebuild with --overwrite")
     return embedder
+
+
+def update_precision(attrs: dict) -> Optional[str]:
+    """The precision an update embeds in: the gallery's recorded one while the process default is ``auto``
+    (so that new rows match the old ones, and the record stays true), else the process default (an explicit
+    ``--precision``)."""
+    from ..core.choices import PRECISIONS
+    from ..core.inference import default_precision
+
+    recorded = str(attrs.get("embedding_precision", "fp32"))
+    return recorded if default_precision() == "auto" and recorded in PRECISIONS else None

@@ -274,7 +274,7 @@ def _publish(folder: Path, source: Path, embedder, old: Optional[_sh.ShardedRead
     if compact:
         shards = _compact(folder, shards, deleted, 1 + max(_shard_number(e.file) for e in shards))
         deleted, in_index = np.zeros(0, "int64"), np.zeros(0, bool)
-    attrs = dict(store_attrs(old, embedder, source, plan.label_mode, factory),
+    attrs = dict(store_attrs(old, embedder, source, plan.label_mode, factory, kept=plan.unchanged > 0),
                  max_index_memory=int(max_index_memory or 0))
     manifest = {"attrs": attrs, "dim": embedder.dim, "label_names": names, "skipped": [list(s) for s in skipped],
                 "next_id": max([e.id_end for e in shards] + [old.n_rows if old is not None else 0]),

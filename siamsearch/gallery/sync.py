@@ -380,7 +380,7 @@ def _publish(folder: Path, source: Path, embedder, old: Optional[GalleryReader],
     names = list(plan.old.label_names)
     label_of = dict(zip(plan.scan.relpaths, plan.scan.labels))
     code = label_codes(names, {label_of[r] for r in journal})
-    attrs = store_attrs(old, embedder, source, plan.label_mode, factory)
+    attrs = store_attrs(old, embedder, source, plan.label_mode, factory, kept=plan.unchanged > 0)
     tmp = _store.temp_store_path(folder)
     first_new, n_rows, patched = write_rows(tmp, old, plan, deleted, compact, journal, pending, code, attrs,
                                             embedder.dim, names, skipped)
@@ -404,13 +404,19 @@ def _publish(folder: Path, source: Path, embedder, old: Optional[GalleryReader],
     return report
 
 
-def store_attrs(old: Optional[GalleryReader], embedder, source: Path, label_mode: str, factory: str) -> dict:
-    """The new store's attributes (index ones are filled in at commit)."""
+def store_attrs(old: Optional[GalleryReader], embedder, source: Path, label_mode: str, factory: str,
+                kept: bool = False) -> dict:
+    """The new store's attributes (index ones are filled in at commit). ``kept``: rows of ``old`` stay, so
+    the recorded precision names theirs too when this run embeds in another (``fp32+bf16``)."""
     created = old.attrs.get("created", _store.now_iso()) if old is not None else _store.now_iso()
+    precision = str(getattr(embedder, "precision", "fp32"))
+    if old is not None and kept:
+        before = str(old.attrs.get("embedding_precision", "fp32")).split("+")
+        precision = "+".join(before + [precision] if precision not in before else before)
     return {"siamsearch_version": __version__, "created": created, "updated": _store.now_iso(),
             "model_fingerprint": embedder.fingerprint, "model_config": embedder.config.to_json(),
             "model_path": os.path.abspath(embedder.path) if embedder.path else "",
-            "embedding_precision": str(getattr(embedder, "precision", "fp32")),
+            "embedding_precision": precision,
             "source_dir": str(source), "label_mode": label_mode, "requested_factory": factory,
             "index_sha256": "", "generation": "", "index_factory": "", "index_params": "{}"}
 
