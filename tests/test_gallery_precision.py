@@ -96,3 +96,30 @@ def test_update_in_another_precision_records_both(tmp_path, tiny_model, identity
     assert res.exit_code == 0, res.output
     with Gallery.open(out) as g:
         assert g.info()["model"]["precision"] == "fp32+bf16"
+
+
+def test_resumed_build_in_another_precision_does_not_mix_rows(tmp_path, tiny_model, identity_folders, monkeypatch):
+    """A build interrupted in fp32 and run again in bf16 used to keep the fp32 journal rows and record the
+    gallery as bf16; now a journal of another precision is not reused."""
+    from siamsearch.core.errors import GalleryInterrupted
+    from siamsearch.gallery import store as gstore
+
+    monkeypatch.setattr(gstore, "CHUNK_ROWS", 4)  # a journal segment every 4 rows
+    m32 = load_model(tiny_model, device="cpu", precision="fp32")
+    real = m32.embed_files
+
+    def interrupted(*args, **kwargs):
+        for i, batch in enumerate(real(*args, **kwargs)):
+            if i == 2:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(m32, "embed_files", interrupted)
+    out = tmp_path / "g"
+    with pytest.raises(GalleryInterrupted):
+        Gallery.build(identity_folders, m32, out=out, batch_size=4, workers=0, progress=False)
+    assert any((out / ".pending").glob("seg-*.npz"))
+    m16 = load_model(tiny_model, device="cpu", precision="bf16")
+    with Gallery.build(identity_folders, m16, out=out, batch_size=4, workers=0, progress=False) as g:
+        assert g.info()["model"]["precision"] == "bf16" and g.last_report.resumed == 0
+        np.testing.assert_array_equal(g.embeddings, m16.embed(g.paths))

@@ -163,14 +163,16 @@ def temp_store_path(folder: Path) -> str:
 class PendingLog:
     """Rows embedded by an unfinished build/update, in atomically written segment files.
 
-    The journal belongs to one model, source folder and label mode (``session.json``);
-    a journal left by another is discarded.
+    The journal belongs to one model, source folder, label mode and precision (``session.json``);
+    a journal left by another is discarded (rows of another precision would make the gallery's
+    recorded precision untrue).
     """
 
-    def __init__(self, folder: os.PathLike | str, fingerprint: str, source_dir: str, dim: int, label_mode: str):
+    def __init__(self, folder: os.PathLike | str, fingerprint: str, source_dir: str, dim: int, label_mode: str,
+                 precision: str = "fp32"):
         self.dir = Path(folder) / PENDING_NAME
         self.session = {"fingerprint": fingerprint, "source_dir": source_dir, "dim": int(dim),
-                        "label_mode": label_mode}
+                        "label_mode": label_mode, "precision": precision}
         info = self.dir / "session.json"
         if self.dir.exists():
             try:

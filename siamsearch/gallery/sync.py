@@ -322,7 +322,8 @@ def sync(folder: Path, source: Path, embedder, old: Optional[GalleryReader], fac
     if batch_size < 1:
         raise SiamsearchError(f"batch size must be at least 1, got {batch_size}")
     dim, scan, mode = scan_source(folder, source, old, embedder.dim, label_mode)
-    pending = _store.PendingLog(folder, embedder.fingerprint, str(source), dim, mode)
+    pending = _store.PendingLog(folder, embedder.fingerprint, str(source), dim, mode,
+                                str(getattr(embedder, "precision", "fp32")))
     journal = journal_records(pending, scan.stat())  # rows recovered from an interrupted run
     plan = plan_sync(source, old, scan, mode, journal)
     if old is not None:
