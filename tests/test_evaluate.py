@@ -181,3 +181,23 @@ def test_index_of_another_model_is_refused(tiny_model, folders, tmp_path):
     save_checkpoint(other, cfg, EmbeddingNet(cfg).state_dict(), {})
     with pytest.raises(FingerprintMismatch):
         evaluate(other, None, index=tmp_path / "g")
+
+
+def test_metrics_and_calibration_record_the_precision(tiny_model, folders, tmp_path):
+    """metrics.json and the calibration record did not say which precision embedded their pairs (the figures
+    move by ~1e-3 between precisions)."""
+    from siamsearch.core import inference
+
+    before = inference._default_precision["value"]
+    try:
+        res = CliRunner().invoke(main, ["evaluate", "--model", str(tiny_model), "--data", str(folders), "--out",
+                                        str(tmp_path / "run"), "--pairs", "200", "--bootstrap", "10",
+                                        "--precision", "fp16"])
+        assert res.exit_code == 0, res.output
+        assert json.loads((tmp_path / "run" / "metrics.json").read_text())["settings"]["precision"] == "fp16"
+        res = CliRunner().invoke(main, ["calibrate", "--model", str(tiny_model), "--data", str(folders), "--out",
+                                        str(tmp_path / "cal.json"), "--pairs", "200", "--precision", "fp32"])
+        assert res.exit_code == 0, res.output
+        assert json.loads((tmp_path / "cal.json").read_text())["precision"] == "fp32"
+    finally:
+        inference._default_precision["value"] = before

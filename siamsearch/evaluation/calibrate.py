@@ -400,6 +400,7 @@ def calibrate(
         },
         "model_fingerprint": model.fingerprint,
         "model_path": os.fspath(model_path),
+        "precision": str(model.precision),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "siamsearch_version": __version__,
         "warnings": notes,

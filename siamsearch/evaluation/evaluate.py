@@ -95,6 +95,7 @@ def _subsample(n: int, limit: Optional[int], seed: int) -> np.ndarray:
 def _settings(model, model_path, data, format, split, protocol, index, pairs, seed, limit, n_boot) -> dict:
     return {
         "model": os.fspath(model_path), "model_fingerprint": model.fingerprint,
+        "precision": str(getattr(model, "precision", "fp32")),
         "data": None if data is None else (os.fspath(data) if isinstance(data, (str, os.PathLike))
                                            else [os.fspath(p) for p in data]),
         "format": format, "split": split, "protocol": protocol, "index": None if index is None else os.fspath(index),
