@@ -48,6 +48,12 @@ def test_resolve_precision(monkeypatch):
         assert resolve_precision(p.upper(), cpu) == p
     with pytest.raises(SiamsearchError, match="unknown precision"):
         resolve_precision("int8", cpu)
+    # a bad $SIAMSEARCH_PRECISION was reported as "unknown precision None"
+    from siamsearch.core import inference
+
+    monkeypatch.setitem(inference._default_precision, "value", "int8")
+    with pytest.raises(SiamsearchError, match=r"unknown precision 'int8' \(from \$SIAMSEARCH_PRECISION\)"):
+        resolve_precision(None, cpu)
 
 
 def test_compile_threshold():

@@ -145,7 +145,8 @@ def resolve_precision(precision: Optional[str], device: torch.device) -> str:
     """
     p = (_default_precision["value"] if precision is None else precision or "auto").lower()
     if p not in PRECISIONS:
-        raise SiamsearchError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+        where = " (from $SIAMSEARCH_PRECISION)" if precision is None else ""
+        raise SiamsearchError(f"unknown precision {p!r}{where}; use one of {', '.join(PRECISIONS)}")
     if p != "auto":
         return p
     if device.type == "cuda":
