@@ -153,3 +153,17 @@ def test_folder_with_unreadable_file_and_csv_out(setup, tmp_path):
     rep = identify(setup["index"], [qdir], k=2)
     assert [a.query.split("/")[-1] for a in rep.answers] == ["broken.png", "img_0.png", "img_1.png", "img_2.png"]
     assert rep.answers[0].error and rep.answers[0].prediction is None and "error" in rep.answers[0].to_dict()
+
+
+def test_text_output_of_an_unlabelled_gallery_and_an_explicit_threshold(setup, tmp_path):
+    """The text answer printed Python's `None` for a match in a gallery built with --labels none, and the
+    open-set line said "threshold from explicit"."""
+    out = tmp_path / "index" / "plain"
+    Gallery.build(setup["gallery"], setup["model"], out=out, labels="none", workers=0, progress=False).close()
+    own = setup["gallery"] / "cat" / "img_2.png"  # a gallery image: at distance 0, a match
+    r = CliRunner().invoke(main, ["query", str(own), "--index", str(out), "-k", "1", "--threshold", "0.5"])
+    assert r.exit_code == 0, r.output
+    assert "threshold from --threshold (explicit)" in r.stdout
+    assert f"{own}  ->  (a match without a label)  (nearest 0.0000)" in r.stdout and "None" not in r.stdout
+    assert json.loads(CliRunner().invoke(main, ["query", str(own), "--index", str(out), "--json"]).stdout
+                      )["answers"][0]["prediction"] is None  # the JSON keeps null

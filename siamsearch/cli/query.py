@@ -8,6 +8,9 @@ from .options import (batch_size_option, calibration_option, checkpoint_option, 
                       workers_option)
 from .precision import precision_option
 
+#: How the text output names where the open-set threshold came from (``threshold_source``).
+_SOURCES = {"explicit": "--threshold (explicit)"}
+
 
 @click.command(context_settings={"show_default": True})
 @click.argument("queries", nargs=-1, required=True, type=click.Path(exists=True))
@@ -68,12 +71,13 @@ def query(queries, index, k, open_set, threshold, calibration, model, out, sheet
     else:
         if report.open_set:
             click.echo(f"open set: unknown when the nearest distance > {report.threshold:.4f} "
-                       f"(threshold from {report.threshold_source})")
+                       f"(threshold from {_SOURCES.get(report.threshold_source, report.threshold_source)})")
         for a in report.answers:
             if a.error is not None:
                 continue
             near = a.neighbors[0].distance if a.neighbors else float("nan")
-            click.echo(f"{a.query}  ->  {a.prediction}  (nearest {near:.4f})")
+            answer = "(a match without a label)" if a.prediction is None else a.prediction  # unlabelled gallery
+            click.echo(f"{a.query}  ->  {answer}  (nearest {near:.4f})")
             for n in a.neighbors:
                 click.echo(f"  {n.rank:>3}  {n.distance:.4f}  {n.label if n.label is not None else '-':<16}  {n.path}")
         if len(report.answers) > 1 or report.summary()["labelled"]:
