@@ -68,11 +68,19 @@ def test_update_embeds_in_the_gallerys_precision(tmp_path, tiny_model, identity_
     inference.set_default_precision("auto")
     res = CliRunner().invoke(main, ["index", "update", str(out), "--workers", "0", "--no-progress"])
     assert res.exit_code == 0, res.output
+    model = load_model(tiny_model, device="cpu", precision=other)
     with Gallery.open(out) as g:
         assert g.info()["model"]["precision"] == other
-        row = g.paths.index(str(new))
-        expected = load_model(tiny_model, device="cpu", precision=other).embed([str(new)])[0]
-        np.testing.assert_array_equal(g.embeddings[row], expected)
+        np.testing.assert_array_equal(g.embeddings[g.paths.index(str(new))], model.embed([str(new)])[0])
+    # `index build` into the gallery again (it resumes / updates it) keeps the precision too
+    newer = identity_folders / "id_0" / "newer.png"
+    (identity_folders / "id_2" / "img_0.png").rename(newer)
+    res = CliRunner().invoke(main, ["index", "build", str(identity_folders), "--model", str(tiny_model), "--out",
+                                    str(out), "--workers", "0", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    with Gallery.open(out) as g:
+        assert g.info()["model"]["precision"] == other
+        np.testing.assert_array_equal(g.embeddings[g.paths.index(str(newer))], model.embed([str(newer)])[0])
     res = CliRunner().invoke(main, ["index", "info", str(out)])
     assert f"embedded in {other}," in res.output
 

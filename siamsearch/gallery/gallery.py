@@ -90,7 +90,8 @@ class Gallery:
                 picks its codes (Flat, SQ8, PQ).
 
         If ``out`` already holds a gallery of the same folder and model (or the journal
-        of a killed build), the build resumes: only missing or changed files are embedded.
+        of a killed build), the build resumes: only missing or changed files are embedded (a path
+        ``model`` in the gallery's recorded precision, as :func:`update_gallery` does).
 
         Returns:
             The opened :class:`Gallery`; :attr:`last_report` says what was done.
@@ -115,8 +116,12 @@ class Gallery:
             if _store.has_store(folder) and not overwrite:
                 old = _store.open_reader(folder)
                 try:
+                    precision = update_precision(old.attrs)
+                    if precision not in (None, embedder.precision) and not is_embedder(model):
+                        # a build into a gallery updates it: in its precision, as `index update` does
+                        embedder = load_embedder(model, device, precision)
                     _check_rebuild(folder, old.attrs, embedder, source, labels)
-                except SiamsearchError:
+                except BaseException:
                     old.close()
                     raise
             elif overwrite:
