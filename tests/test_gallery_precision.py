@@ -131,3 +131,22 @@ def test_resumed_build_in_another_precision_does_not_mix_rows(tmp_path, tiny_mod
     with Gallery.build(identity_folders, m16, out=out, batch_size=4, workers=0, progress=False) as g:
         assert g.info()["model"]["precision"] == "bf16" and g.last_report.resumed == 0
         np.testing.assert_array_equal(g.embeddings, m16.embed(g.paths))
+
+
+def test_journal_session_holds_the_precision_and_reads_older_journals(tmp_path):
+    from siamsearch.gallery import store as gstore
+
+    args = (tmp_path / "g", "0123456789abcdef", "/src", 8, "from-folder")
+    gstore.PendingLog(*args, "fp32")
+    info = tmp_path / "g" / ".pending" / "session.json"
+    assert json.loads(info.read_text())["precision"] == "fp32"
+    (info.parent / "seg-000001.npz").write_bytes(b"rows")
+    gstore.PendingLog(*args, "fp32")
+    assert (info.parent / "seg-000001.npz").exists()  # same session: kept
+    gstore.PendingLog(*args, "bf16")
+    assert not (info.parent / "seg-000001.npz").exists()  # another precision: discarded
+    # a journal written before sessions held the precision is reused, as it was then
+    info.write_text(json.dumps({"fingerprint": args[1], "source_dir": args[2], "dim": 8, "label_mode": args[4]}))
+    (info.parent / "seg-000001.npz").write_bytes(b"rows")
+    gstore.PendingLog(*args, "bf16")
+    assert (info.parent / "seg-000001.npz").exists()

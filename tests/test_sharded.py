@@ -364,3 +364,10 @@ def test_journal_writes_the_plan_once_and_appends_each_commit(tmp_path):
     (folder / ".pending" / "committed.jsonl").unlink()
     (folder / ".pending" / "run.json").write_text(json.dumps(old_format))
     assert [e.file for e in ShardJournal(folder, *args).committed] == [t.name for t in tasks[:2]]
+    # a journal of another precision is discarded (its shards would mix precisions under one record); one
+    # written before journals recorded the precision (above) is read in any
+    fp32 = ShardJournal(folder, *args, "fp32")
+    fp32.save()
+    assert json.loads((folder / ".pending" / "run.json").read_text())["session"]["precision"] == "fp32"
+    assert ShardJournal(folder, *args, "bf16").committed == []
+    assert [e.file for e in ShardJournal(folder, *args, "fp32").committed] == [t.name for t in tasks[:2]]

@@ -50,23 +50,24 @@ class ShardJournal:
     """``.pending/run.json`` (the task plan of an unfinished run) and ``.pending/committed.jsonl`` (the shards
     it committed, one JSON line each, appended and fsynced as each shard is written).
 
-    Belongs to one model, source folder and label mode; a journal of another is discarded. The plan is
+    Belongs to one model, source folder, label mode and precision; a journal of another is discarded. The plan is
     written once per run and a commit appends one line: rewriting the plan (every file of the run) at each
     commit, as before, grew with files x shards (a 100M-image build in 1,000 shards would have rewritten
     ~4 GB of JSON a thousand times).
     """
 
-    def __init__(self, folder: Path, fingerprint: str, source_dir: str, dim: int, label_mode: str):
+    def __init__(self, folder: Path, fingerprint: str, source_dir: str, dim: int, label_mode: str,
+                 precision: str = "fp32"):
         self.folder = folder
         self.path = folder / _store.PENDING_NAME / "run.json"
         self.commits = folder / _store.PENDING_NAME / "committed.jsonl"
         self.session = {"fingerprint": fingerprint, "source_dir": source_dir, "dim": int(dim),
-                        "label_mode": label_mode}
+                        "label_mode": label_mode, "precision": precision}
         self.plan: list = []
         self.committed: list = []
         try:
             d = json.loads(self.path.read_text(encoding="utf-8"))
-            if d.get("session") == self.session:
+            if _store.same_session(d.get("session"), self.session):
                 self.plan = [ShardTask(t["name"], int(t["first_id"]), list(t["relpaths"])) for t in d["plan"]]
                 entries = list(d.get("committed", []))  # journals written before committed.jsonl
                 entries += _json_lines(self.commits)
@@ -180,7 +181,8 @@ def sync_sharded(folder: Path, source: Path, embedder, old: Optional[_sh.Sharded
     _store.remove_stale_temps(folder)
     _store.remove_stale_temps(folder / _sh.SHARDS_DIR)
     dim, scan, mode = scan_source(folder, source, old, embedder.dim, label_mode)
-    journal = ShardJournal(folder, embedder.fingerprint, str(source), dim, mode)
+    journal = ShardJournal(folder, embedder.fingerprint, str(source), dim, mode,
+                           str(getattr(embedder, "precision", "fp32")))
     published = {s.file for s in old.shards} if old is not None else set()
     plan = plan_sync(source, old, scan, mode, journal.records(scan.stat(), published))
     if old is not None:

@@ -32,7 +32,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Any, Optional, Protocol
 
 import numpy as np
 
@@ -160,6 +160,14 @@ def temp_store_path(folder: Path) -> str:
 # --------------------------------------------------------------------------- the journal
 
 
+def same_session(stored: Any, session: dict) -> bool:
+    """Whether a journal's recorded session is ``session``; one written before journals recorded the
+    precision (no ``precision`` key) matches on the rest, as it did then."""
+    if isinstance(stored, dict) and "precision" not in stored:
+        session = {k: v for k, v in session.items() if k != "precision"}
+    return stored == session
+
+
 class PendingLog:
     """Rows embedded by an unfinished build/update, in atomically written segment files.
 
@@ -176,7 +184,7 @@ class PendingLog:
         info = self.dir / "session.json"
         if self.dir.exists():
             try:
-                same = json.loads(info.read_text(encoding="utf-8")) == self.session
+                same = same_session(json.loads(info.read_text(encoding="utf-8")), self.session)
             except (OSError, ValueError):
                 same = False
             if not same:
