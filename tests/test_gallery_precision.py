@@ -150,3 +150,19 @@ def test_journal_session_holds_the_precision_and_reads_older_journals(tmp_path):
     (info.parent / "seg-000001.npz").write_bytes(b"rows")
     gstore.PendingLog(*args, "bf16")
     assert (info.parent / "seg-000001.npz").exists()
+
+
+def test_cli_reads_siamsearch_precision(tmp_path, tiny_model, identity_folders, monkeypatch):
+    """$SIAMSEARCH_PRECISION=fp32 was ignored by the CLI (--precision's default `auto` overrode it): the gallery
+    recorded auto's precision. A bad value is a usage error naming the variable's option."""
+    other = _other_than_auto()
+    monkeypatch.setenv("SIAMSEARCH_PRECISION", other)
+    out = tmp_path / "g"
+    res = CliRunner().invoke(main, ["index", "build", str(identity_folders), "--model", str(tiny_model), "--out",
+                                    str(out), "--workers", "0", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "manifest.json").read_text())["model"]["precision"] == other
+    monkeypatch.setenv("SIAMSEARCH_PRECISION", "int8")
+    res = CliRunner().invoke(main, ["index", "update", str(out)])
+    assert res.exit_code == 2 and "--precision" in res.output and "int8" in res.output
+    assert "Traceback" not in res.output
