@@ -371,3 +371,41 @@ def test_journal_writes_the_plan_once_and_appends_each_commit(tmp_path):
     assert json.loads((folder / ".pending" / "run.json").read_text())["session"]["precision"] == "fp32"
     assert ShardJournal(folder, *args, "bf16").committed == []
     assert [e.file for e in ShardJournal(folder, *args, "fp32").committed] == [t.name for t in tasks[:2]]
+
+
+def test_failed_overwrite_leaves_the_published_shards_untouched(tmp_path, tiny_model, monkeypatch):
+    """An --overwrite build that fails (or is killed) after writing shards must not write over the shards of
+    the gallery it replaces: that gallery stays the committed one until the new build commits."""
+    from siamsearch.core.checkpoint import save_checkpoint
+    from siamsearch.core.config import ModelConfig
+    from siamsearch.core.model import EmbeddingNet
+
+    torch = pytest.importorskip("torch")
+    src = make_identity_folders(tmp_path / "imgs", n_ids=3, per_id=10)
+    with build(src, tiny_model, tmp_path / "sh", shard_size=10) as g:
+        old_fingerprint = g.fingerprint
+    before = read_shards_plainly(tmp_path / "sh")
+    torch.manual_seed(1)
+    cfg = ModelConfig(input_size=16, embedding_dim=8)
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, cfg, EmbeddingNet(cfg).state_dict(), {"note": "another untrained model"})
+
+    def fail_after_the_shards(*a, **kw):
+        raise SiamsearchError("stopped after the shards were written")
+
+    with monkeypatch.context() as m:
+        m.setattr(ondisk, "train_empty", fail_after_the_shards)
+        with pytest.raises(SiamsearchError, match="stopped after"):
+            build(src, other, tmp_path / "sh", shard_size=10, overwrite=True)
+    after = read_shards_plainly(tmp_path / "sh")
+    assert set(after) == set(before)
+    for p, e in after.items():
+        np.testing.assert_array_equal(e, before[p])  # still the published model's embeddings
+    with Gallery.open(tmp_path / "sh") as g:
+        q = np.stack([before[p] for p in sorted(before)])
+        exact = np.sqrt(np.maximum(((q[:, None] - q[None]) ** 2).sum(-1), 0))
+        np.testing.assert_allclose(g.search(q, k=5).distances, np.sort(exact, axis=1)[:, :5], atol=1e-5)
+    g = build(src, other, tmp_path / "sh", shard_size=10, overwrite=True)  # the rerun then replaces it whole
+    assert len(g) == 30 and g.fingerprint != old_fingerprint and len(read_shards_plainly(tmp_path / "sh")) == 30
+    g.close()
+

@@ -188,7 +188,10 @@ def sync_sharded(folder: Path, source: Path, embedder, old: Optional[_sh.Sharded
     if old is not None:
         guards.check_removal(folder, source, len(plan.live_row), len(plan.removed_rows), allow_mass_removal)
     next_id = old.n_rows if old is not None else 0
-    next_shard = 1 + max([_shard_number(f) for f in published] + [-1])
+    # above every shard file present, not only the published ones: an --overwrite build must not write over
+    # the shards of the gallery it replaces, which stays the committed one until this run commits
+    on_disk = [p.name for p in (folder / _sh.SHARDS_DIR).glob("*.parquet")]
+    next_shard = 1 + max([_shard_number(f) for f in list(published) + on_disk] + [-1])
     tasks = journal.tasks(plan.to_embed, int(shard_size or SHARD_SIZE), next_id, next_shard)
     embedded = _embed(folder, source, embedder, tasks, journal, engine, address, batch_size, workers, progress,
                       scan)
