@@ -409,3 +409,31 @@ def test_failed_overwrite_leaves_the_published_shards_untouched(tmp_path, tiny_m
     assert len(g) == 30 and g.fingerprint != old_fingerprint and len(read_shards_plainly(tmp_path / "sh")) == 30
     g.close()
 
+
+@pytest.mark.parametrize("factory, answer", [("IVF", "IVF"), ("IVF4", "IVF4,Flat"), ("IVF4,PQ32", None)])
+def test_factory_shorthands_and_misfits_on_a_sharded_gallery(tmp_path, tiny_model, factory, answer):
+    """The help's IVF / IVF4096 shorthands work; a factory that does not fit d (8 here) is a clear error given
+    before any image is embedded, not a Faiss traceback after."""
+    src = make_identity_folders(tmp_path / "imgs", n_ids=2, per_id=20)
+    args = ["index", "build", str(src), "--model", str(tiny_model), "--out", str(tmp_path / "g"), "--shard-size",
+            "16", "--factory", factory, "--no-progress"]
+    res = CliRunner().invoke(main, args)
+    if answer is None:
+        assert res.exit_code == 2 and isinstance(res.exception, SystemExit)  # no traceback
+        assert "Faiss cannot build index 'IVF4,PQ32'" in res.output
+        assert not list((tmp_path / "g").glob("shards/*.parquet"))  # refused before embedding
+    else:
+        assert res.exit_code == 0, res.output
+        with Gallery.open(tmp_path / "g") as g:
+            assert g.info()["index"]["factory"].startswith(answer)
+
+
+def test_too_many_lists_for_the_images_says_which_factory_to_give(tmp_path, tiny_model):
+    """It advised "--engine local" to a user already on --engine local (--shard-size builds shards too)."""
+    src = make_identity_folders(tmp_path / "imgs", n_ids=2, per_id=10)
+    res = CliRunner().invoke(main, ["index", "build", str(src), "--model", str(tiny_model), "--out",
+                                    str(tmp_path / "g"), "--shard-size", "8", "--factory", "IVF1024,Flat",
+                                    "--no-progress"])
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit)
+    assert "only 20 vectors to train IVF1024,Flat" in res.output and "--factory auto" in res.output
+    assert "--engine local" not in res.output

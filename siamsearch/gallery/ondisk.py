@@ -159,8 +159,9 @@ def train_empty(source, choice: IndexChoice, seed: int = 0) -> faiss.Index:
         ivf.do_polysemous_training = False
     _, sample = source.sample(max(choice.train_size, ivf.nlist), seed)
     if len(sample) < ivf.nlist:
-        raise SiamsearchError(f"only {len(sample)} vectors to train {choice.factory}; add images or use the local "
-                              "format (--engine local) for very small galleries")
+        raise SiamsearchError(f"only {len(sample)} vectors to train {choice.factory}, which has {ivf.nlist} lists; "
+                              "give --factory auto or an IVF with fewer lists, or add images (a small gallery can "
+                              "also be built without --engine ray and --shard-size)")
     index.train(np.ascontiguousarray(sample, dtype="float32"))
     return index
 

@@ -176,6 +176,7 @@ def sync_sharded(folder: Path, source: Path, embedder, old: Optional[_sh.Sharded
     """
     t0 = time.perf_counter()
     _check_args(factory, engine, batch_size, shard_size)
+    _choice(factory, 1, embedder.dim, None)  # a factory that does not fit d fails now, not after the embedding
     folder.mkdir(parents=True, exist_ok=True)
     (folder / _sh.SHARDS_DIR).mkdir(exist_ok=True)
     _store.remove_stale_temps(folder)
@@ -359,9 +360,9 @@ def _index(folder: Path, old: Optional[_sh.ShardedReader], reader: _sh.ShardedRe
 def _choice(factory: str, n: int, dim: int, max_index_memory: Optional[int]) -> ondisk.IndexChoice:
     if factory.lower() == "auto":
         return ondisk.choose_index(max(n, 1), dim, max_index_memory)
-    probe = faiss.index_factory(int(dim), factory)
-    ivf = faiss.extract_index_ivf(probe)
-    return ondisk.IndexChoice(factory, int(ivf.nlist), int(ivf.code_size), 0,
+    resolved = _ann.resolve_factory(factory, max(n, 1), int(dim))  # IVF, IVF4096 expanded; d checked
+    ivf = faiss.extract_index_ivf(faiss.index_factory(int(dim), resolved))
+    return ondisk.IndexChoice(resolved, int(ivf.nlist), int(ivf.code_size), 0,
                               min(max(ondisk.TRAIN_PER_LIST * ivf.nlist, 10_000), ondisk.MAX_TRAIN, max(n, 1)))
 
 
