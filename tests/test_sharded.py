@@ -437,3 +437,15 @@ def test_too_many_lists_for_the_images_says_which_factory_to_give(tmp_path, tiny
     assert res.exit_code == 2 and isinstance(res.exception, SystemExit)
     assert "only 20 vectors to train IVF1024,Flat" in res.output and "--factory auto" in res.output
     assert "--engine local" not in res.output
+
+
+
+def test_folder_of_only_unreadable_images_says_so_in_the_sharded_format(tmp_path, tiny_model):
+    src = tmp_path / "imgs" / "a"
+    src.mkdir(parents=True)
+    (src / "x.png").write_bytes(b"not an image")
+    (src / "y.png").write_bytes(b"")
+    res = CliRunner().invoke(main, ["index", "build", str(src.parent), "--model", str(tiny_model), "--out",
+                                    str(tmp_path / "g"), "--shard-size", "4", "--no-progress"])
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit)  # no traceback
+    assert "none of the 2 image files" in res.output and "vectors to train" not in res.output

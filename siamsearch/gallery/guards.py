@@ -1,7 +1,7 @@
 """Checks that keep a gallery from being emptied by mistake, and the truth after an interruption.
 
 * :func:`check_not_empty`: ``index build`` of a folder without images fails at build time, not
-  at the first query.
+  at the first query; :func:`check_some_readable`: nor of a folder whose images all fail to read.
 * :func:`check_removal`: one build or update may drop at most :data:`MASS_REMOVAL_SHARE` of the
   gallery's images (an unmounted drive or an emptied folder looks exactly like "every file was
   deleted") unless ``allow_mass_removal``.
@@ -28,6 +28,17 @@ def check_not_empty(source: Path, n_images: int) -> None:
     if n_images == 0:
         raise SiamsearchError(f"{source} holds no images (looked for common image extensions, recursively); "
                               "a gallery needs at least one. Check the folder (is the drive mounted?)")
+
+
+def check_some_readable(source: Path, n_files: int, n_readable: int) -> None:
+    """Refuse to publish a first build of which no image could be read.
+
+    Raises:
+        SiamsearchError: ``n_readable == 0``, naming how many files were tried and where the reasons are.
+    """
+    if n_readable == 0:
+        raise SiamsearchError(f"none of the {n_files} image files of {source} could be read, so there is nothing "
+                              "to index; nothing was published (see `siamsearch data check` for the reasons)")
 
 
 def check_removal(folder: Path, source: Path, n_live: int, n_removed: int, allow_mass_removal: bool) -> None:

@@ -204,6 +204,8 @@ def sync_sharded(folder: Path, source: Path, embedder, old: Optional[_sh.Sharded
         listing = "\n".join(f"  {p}: {r}" for p, r in skipped)
         raise SiamsearchError(f"--strict: {len(skipped)} file(s) could not be read, nothing was published "
                               f"(shards embedded so far are kept for the next run):\n{listing}")
+    if old is None:
+        guards.check_some_readable(source, len(plan.scan.relpaths) + len(plan.scan.skipped), len(records))
     newly_deleted = plan.removed_rows + list(plan.replaced.values())
     if old is not None and not records and not newly_deleted and skipped == sorted(old.skipped()) \
             and old.attrs.get("requested_factory") == factory and _store.index_is_current(folder, old.attrs):

@@ -349,10 +349,8 @@ def _embed_and_publish(folder: Path, source: Path, embedder, old: Optional[Galle
         listing = "\n".join(f"  {p}: {r}" for p, r in skipped)
         raise SiamsearchError(f"--strict: {len(skipped)} file(s) could not be read, nothing was published "
                               f"(rows embedded so far are kept for the next run):\n{listing}")
-    if old is None and not journal:
-        raise SiamsearchError(f"none of the {len(plan.scan.relpaths) + len(plan.scan.skipped)} image files of {source} "
-                              "could be read, so there is nothing to index; nothing was published (see "
-                              "`siamsearch data check` for the reasons)")
+    if old is None:
+        guards.check_some_readable(source, len(plan.scan.relpaths) + len(plan.scan.skipped), len(journal))
     # a changed file loses its old row whether or not its new content could be read
     newly_deleted = plan.removed_rows + list(plan.replaced.values())
     if old is not None and _nothing_changed(folder, old, plan, journal, newly_deleted, skipped, factory):
