@@ -449,3 +449,23 @@ def test_folder_of_only_unreadable_images_says_so_in_the_sharded_format(tmp_path
                                     str(tmp_path / "g"), "--shard-size", "4", "--no-progress"])
     assert res.exit_code == 2 and isinstance(res.exception, SystemExit)  # no traceback
     assert "none of the 2 image files" in res.output and "vectors to train" not in res.output
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_damaged_or_missing_shard_is_a_clear_error_and_overwrite_repairs_it(tmp_path, tiny_model, damage):
+    """A truncated shard gave a pyarrow ArrowInvalid traceback on info, query and update."""
+    src = make_identity_folders(tmp_path / "imgs", n_ids=2, per_id=8)
+    build(src, tiny_model, tmp_path / "sh", shard_size=8).close()
+    shard = tmp_path / "sh" / "shards" / "shard-000001.parquet"
+    if damage == "truncate":
+        shard.write_bytes(shard.read_bytes()[:300])
+    else:
+        shard.unlink()
+    for args in (["index", "info", str(tmp_path / "sh")], ["index", "update", str(tmp_path / "sh"), "--no-progress"],
+                 ["query", str(src / "id_0" / "img_0.png"), "--index", str(tmp_path / "sh")]):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output  # no traceback
+        assert "shard-000001.parquet cannot be read" in res.output and "--overwrite" in res.output
+    g = build(src, tiny_model, tmp_path / "sh", shard_size=8, overwrite=True)
+    assert len(g) == 16 and set(read_shards_plainly(tmp_path / "sh")) == set(g.relpaths)
+    g.close()

@@ -84,10 +84,25 @@ def write_shard(path: os.PathLike | str, ids: np.ndarray, relpaths: list, labels
     return len(ids)
 
 
+def _read_shard(path: os.PathLike | str, columns: list):
+    """The ``columns`` of one shard as a pyarrow Table.
+
+    Raises:
+        GalleryError: the file is missing, truncated or not Parquet; says how to rebuild the gallery.
+    """
+    pa, pq = _pa()
+    try:
+        return pq.read_table(path, columns=columns)
+    except (OSError, pa.ArrowException) as e:
+        why = "missing" if not Path(path).is_file() else str(e).strip().splitlines()[0]
+        folder = Path(path).parent.parent
+        raise GalleryError(f"shard {path} cannot be read ({why}); rebuild the gallery with `siamsearch index build "
+                           f"IMAGE_DIR --model MODEL.pt --out {folder} --overwrite`") from None
+
+
 def read_shard_meta(path: os.PathLike | str) -> dict:
     """The non-embedding columns of a shard as numpy arrays / lists (keys: :data:`META_COLUMNS`)."""
-    _, pq = _pa()
-    t = pq.read_table(path, columns=list(META_COLUMNS))
+    t = _read_shard(path, list(META_COLUMNS))
     return {"id": t["id"].to_numpy().astype("int64"), "path": t["path"].to_pylist(),
             "label": t["label"].to_pylist(), "content_sha256": t["content_sha256"].to_pylist(),
             "mtime": t["mtime"].to_numpy().astype("float64"), "size": t["size"].to_numpy().astype("int64")}
@@ -95,8 +110,7 @@ def read_shard_meta(path: os.PathLike | str) -> dict:
 
 def read_shard_vectors(path: os.PathLike | str) -> tuple[np.ndarray, np.ndarray]:
     """``(ids [b] int64, embeddings [b, d] float32)`` of one shard."""
-    _, pq = _pa()
-    t = pq.read_table(path, columns=["id", "embedding"])
+    t = _read_shard(path, ["id", "embedding"])
     col = t["embedding"].combine_chunks()
     dim = col.type.list_size
     emb = col.flatten().to_numpy(zero_copy_only=False).astype("float32", copy=False).reshape(-1, dim)
@@ -214,11 +228,7 @@ class ShardedReader:
                     "size": np.zeros(n, "int64"), "labels": np.full(n, -1, "int64"), "present": np.zeros(n, bool)}
             code = {name: i for i, name in enumerate(self.label_names())}
             for s in self.shards:
-                try:
-                    part = read_shard_meta(self.folder / s.file)
-                except OSError as e:
-                    raise GalleryError(f"shard {self.folder / s.file} cannot be read ({e}); rebuild the gallery "
-                                       "with --overwrite") from None
+                part = read_shard_meta(self.folder / s.file)
                 ids = part["id"]
                 for i, p, h, lab in zip(ids.tolist(), part["path"], part["content_sha256"], part["label"]):
                     meta["path"][i], meta["sha"][i] = p, h
