@@ -469,3 +469,33 @@ def test_damaged_or_missing_shard_is_a_clear_error_and_overwrite_repairs_it(tmp_
     g = build(src, tiny_model, tmp_path / "sh", shard_size=8, overwrite=True)
     assert len(g) == 16 and set(read_shards_plainly(tmp_path / "sh")) == set(g.relpaths)
     g.close()
+
+
+def test_info_counts_deleted_rows_and_an_interrupted_run_of_a_sharded_gallery(tmp_path, tiny_model, monkeypatch):
+    """info said "1 deleted rows awaiting compaction" for the id of an unreadable file (a gap, never a row, never
+    compacted), and never said that a sharded run was interrupted (it looked for the HDF5 journal's segments)."""
+    from siamsearch.gallery import sharded
+
+    src = make_identity_folders(tmp_path / "imgs", n_ids=2, per_id=8)
+    (src / "id_0" / "broken.png").write_bytes(b"not an image")
+    build(src, tiny_model, tmp_path / "sh", shard_size=8).close()
+    info = json.loads(CliRunner().invoke(main, ["index", "info", str(tmp_path / "sh"), "--json"]).output)
+    assert info["size"] == 16 and info["deleted_rows"] == 0 and not info["interrupted_run_pending"]
+    (src / "id_1" / "img_0.png").unlink()
+    make_identity_folders(tmp_path / "more", n_ids=1, per_id=8, seed=5)
+    for p in (tmp_path / "more" / "id_0").iterdir():
+        p.rename(src / "id_1" / f"new_{p.name}")
+
+    def killed(*a, **kw):
+        raise SiamsearchError("killed before the publish")
+
+    with monkeypatch.context() as m:
+        m.setattr(sharded, "_publish", killed)
+        with pytest.raises(SiamsearchError, match="killed"):
+            Gallery.open(tmp_path / "sh").update(workers=0, progress=False)
+    info = json.loads(CliRunner().invoke(main, ["index", "info", str(tmp_path / "sh"), "--json"]).output)
+    assert info["interrupted_run_pending"] and info["size"] == 16
+    with Gallery.open(tmp_path / "sh") as g:
+        g.update(workers=0, progress=False)
+    info = json.loads(CliRunner().invoke(main, ["index", "info", str(tmp_path / "sh"), "--json"]).output)
+    assert info["size"] == 23 and info["deleted_rows"] == 1 and not info["interrupted_run_pending"]

@@ -356,12 +356,16 @@ class Gallery:
         files.update({f"{SHARDS_DIR}/{p.name}": p.stat().st_size  # a sharded gallery's Parquet shards
                       for p in sorted((self.folder / SHARDS_DIR).glob("*.parquet"))})
         pending = self.folder / _store.PENDING_NAME
+        commits = pending / "committed.jsonl"  # a sharded run's written, unpublished shards
+        # stored rows: a sharded gallery's ids also have gaps (files that could not be read), which are not rows
+        stored = sum(s.rows for s in self._file.shards) if isinstance(self._file, ShardedReader) else \
+            self._file.n_rows
         return {
             "folder": str(self.folder),
             "source_dir": a["source_dir"],
             "size": int(len(self)),
             "rows": self._file.n_rows,
-            "deleted_rows": int(self._file.n_rows - len(self)),
+            "deleted_rows": int(stored - len(self)),
             "dim": self.dim,
             "model": {"fingerprint": a["model_fingerprint"], "path": a.get("model_path", ""),
                       "config": json_or_raw(a["model_config"]),
@@ -372,7 +376,8 @@ class Gallery:
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "disk_bytes": int(sum(files.values())),
             "files": files,
-            "interrupted_run_pending": pending.is_dir() and any(pending.glob("seg-*.npz")),
+            "interrupted_run_pending": pending.is_dir() and (any(pending.glob("seg-*.npz"))
+                                                             or (commits.is_file() and commits.stat().st_size > 0)),
             "created": a.get("created"),
             "updated": a.get("updated"),
             "siamsearch_version": a.get("siamsearch_version"),
