@@ -499,3 +499,22 @@ def test_info_counts_deleted_rows_and_an_interrupted_run_of_a_sharded_gallery(tm
         g.update(workers=0, progress=False)
     info = json.loads(CliRunner().invoke(main, ["index", "info", str(tmp_path / "sh"), "--json"]).output)
     assert info["size"] == 23 and info["deleted_rows"] == 1 and not info["interrupted_run_pending"]
+
+
+@pytest.mark.parametrize("edit", ["next_id_too_small", "overlapping_ids"])
+def test_hand_edited_shard_id_ranges_are_a_clear_error(tmp_path, tiny_model, edit):
+    """next_id below the shards' ids gave an IndexError traceback; overlapping id ranges were read silently."""
+    src = make_identity_folders(tmp_path / "imgs", n_ids=2, per_id=8)
+    build(src, tiny_model, tmp_path / "sh", shard_size=8).close()
+    path = tmp_path / "sh" / "shards.json"
+    m = json.loads(path.read_text())
+    if edit == "next_id_too_small":
+        m["next_id"] = 3
+    else:
+        m["shards"][1]["first_id"] = 0
+    path.write_text(json.dumps(m))
+    for args in (["index", "info", str(tmp_path / "sh")], ["index", "update", str(tmp_path / "sh"), "--no-progress"],
+                 ["query", str(src / "id_0" / "img_0.png"), "--index", str(tmp_path / "sh")]):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output  # no traceback
+        assert "shards.json is missing or damaged" in res.output and "--overwrite" in res.output

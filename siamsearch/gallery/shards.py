@@ -156,6 +156,18 @@ def write_store_manifest(folder: Path, manifest: dict) -> None:
     write_json_atomic(folder / STORE_NAME, dict(manifest, format=FORMAT, format_version=FORMAT_VERSION))
 
 
+def _check_id_ranges(shards: list, next_id: int) -> None:
+    """Raise ValueError unless the shards' id ranges are in order, disjoint and below ``next_id``."""
+    end = 0
+    for s in shards:
+        if not end <= s.first_id <= s.id_end or s.rows > s.id_end - s.first_id:
+            raise ValueError(f"{s.file}: ids {s.first_id}..{s.id_end} ({s.rows} rows) overlap the shard before "
+                             "or are out of order")
+        end = s.id_end
+    if end > next_id:
+        raise ValueError(f"next_id {next_id} is below the shards' last id {end - 1}")
+
+
 class ShardedReader:
     """Read-only access to a sharded gallery (a :class:`~siamsearch.gallery.store.GalleryReader`).
 
@@ -181,6 +193,7 @@ class ShardedReader:
             self.shards = [ShardEntry.from_dict(s) for s in m["shards"]]
             self._dim = int(m["dim"])
             self._n = int(m["next_id"])
+            _check_id_ranges(self.shards, self._n)
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise GalleryError(f"{self.path} is missing or damaged ({e}); rebuild it with `siamsearch index build "
                                f"IMAGE_DIR --model MODEL.pt --out {self.folder} --overwrite`") from None
