@@ -518,3 +518,14 @@ def test_hand_edited_shard_id_ranges_are_a_clear_error(tmp_path, tiny_model, edi
         res = CliRunner().invoke(main, args)
         assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output  # no traceback
         assert "shards.json is missing or damaged" in res.output and "--overwrite" in res.output
+
+
+@pytest.mark.parametrize("extra, says", [(["--address", "auto"], "add --engine ray"),
+                                         (["--max-index-memory", "1G"], "add --shard-size N")])
+def test_scale_options_that_would_be_ignored_are_refused(tmp_path, tiny_model, extra, says):
+    """--address without --engine ray, and --max-index-memory on an HDF5 build, were silently ignored."""
+    src = make_identity_folders(tmp_path / "imgs", n_ids=2, per_id=4)
+    res = CliRunner().invoke(main, ["index", "build", str(src), "--model", str(tiny_model), "--out",
+                                    str(tmp_path / "g"), "--no-progress"] + extra)
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit) and says in res.output
+    assert not (tmp_path / "g" / "gallery.h5").exists()

@@ -467,6 +467,12 @@ def _run(folder: Path, source: Path, embedder, old: Optional[GalleryReader], fac
     from .ondisk import parse_memory
 
     sharded = isinstance(old, ShardedReader) if old is not None else scale.sharded
+    if scale.address is not None and scale.engine != "ray":
+        raise SiamsearchError(f"--address {scale.address} names a Ray cluster; add --engine ray, or leave --address "
+                              "out to embed in this process")
+    if scale.max_index_memory is not None and not sharded:
+        raise SiamsearchError("--max-index-memory sizes the index of a sharded gallery; add --shard-size N (or "
+                              "--engine ray), or leave it out")
     if old is None:  # a new gallery (or --overwrite): the other format's store must not shadow it
         (folder / (_store.H5_NAME if sharded else STORE_NAME)).unlink(missing_ok=True)
     if not sharded:
