@@ -529,3 +529,12 @@ def test_scale_options_that_would_be_ignored_are_refused(tmp_path, tiny_model, e
                                     str(tmp_path / "g"), "--no-progress"] + extra)
     assert res.exit_code == 2 and isinstance(res.exception, SystemExit) and says in res.output
     assert not (tmp_path / "g" / "gallery.h5").exists()
+
+
+def test_index_budget_too_small_names_sizes_a_user_can_read():
+    """It said 'need at least 0.00 GiB ... (it is 0.00 GiB)' for small budgets."""
+    n, d = 300, 8
+    sq8_bytes = n * (d + 8) + ondisk.lists_for(n) * d * 4  # SQ8 codes: d bytes a vector, 8-byte ids, quantizer
+    with pytest.raises(SiamsearchError) as e:
+        ondisk.choose_index(n, d, 1024)
+    assert f"need at least {sq8_bytes / 1024:.1f} KiB" in str(e.value) and "(it is 1.0 KiB)" in str(e.value)

@@ -129,8 +129,8 @@ def choose_index(n: int, d: int, max_memory: Optional[int] = None) -> IndexChoic
             train = min(max(TRAIN_PER_LIST * nlist, 10_000 if code.startswith("PQ") else 0), MAX_TRAIN, n)
             return IndexChoice(f"{prefix},{code}", nlist, cb, int(size), int(train))
     smallest = n * (options[-1][1] + ID_BYTES) + quantizer_bytes
-    raise SiamsearchError(f"{n} vectors of dimension {d} need at least {smallest / 2**30:.2f} GiB even as "
-                          f"{prefix},{options[-1][0]}; raise --max-index-memory (it is {max_memory / 2**30:.2f} GiB)")
+    raise SiamsearchError(f"{n} vectors of dimension {d} need at least {human(smallest)} even as "
+                          f"{prefix},{options[-1][0]}; raise --max-index-memory (it is {human(max_memory)})")
 
 
 # --------------------------------------------------------------------------- building and merging
