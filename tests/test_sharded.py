@@ -538,3 +538,24 @@ def test_index_budget_too_small_names_sizes_a_user_can_read():
     with pytest.raises(SiamsearchError) as e:
         ondisk.choose_index(n, d, 1024)
     assert f"need at least {sq8_bytes / 1024:.1f} KiB" in str(e.value) and "(it is 1.0 KiB)" in str(e.value)
+
+
+def test_opening_a_folder_whose_first_build_was_interrupted_says_to_rerun_it(tmp_path, tiny_model, monkeypatch):
+    """It said '... is not a gallery (no gallery.h5); build one' of a sharded folder whose first build was killed."""
+    from siamsearch.gallery import sharded
+
+    src = make_identity_folders(tmp_path / "imgs", n_ids=2, per_id=8)
+
+    def killed(*a, **kw):
+        raise SiamsearchError("killed before the publish")
+
+    with monkeypatch.context() as m:
+        m.setattr(sharded, "_publish", killed)
+        with pytest.raises(SiamsearchError, match="killed"):
+            build(src, tiny_model, tmp_path / "sh", shard_size=8)
+    with pytest.raises(GalleryError, match="first build was interrupted") as e:
+        Gallery.open(tmp_path / "sh")
+    assert "gallery.h5" not in str(e.value)
+    g = build(src, tiny_model, tmp_path / "sh", shard_size=8)
+    assert len(g) == 16 and g.last_report.resumed == 16
+    g.close()

@@ -144,6 +144,10 @@ def open_reader(folder: os.PathLike | str) -> GalleryReader:
     """
     if is_sharded(folder):
         return ShardedReader(folder)
+    if not (Path(folder) / H5_NAME).is_file() and (Path(folder) / PENDING_NAME).is_dir():
+        raise GalleryError(f"{folder} holds no gallery yet: its first build was interrupted before it published; "
+                           f"re-run that `siamsearch index build IMAGE_DIR --model MODEL.pt --out {folder}` to "
+                           "finish it (what it embedded is kept)")
     return GalleryFile(Path(folder) / H5_NAME)
 
 
