@@ -559,3 +559,50 @@ def test_opening_a_folder_whose_first_build_was_interrupted_says_to_rerun_it(tmp
     g = build(src, tiny_model, tmp_path / "sh", shard_size=8)
     assert len(g) == 16 and g.last_report.resumed == 16
     g.close()
+
+
+def _lists_match_the_quantizer(folder) -> bool:
+    """Every live vector sits in the inverted list that faiss.index's own quantizer assigns it to."""
+    import faiss
+
+    index = faiss.read_index(str(folder / "faiss.index"), faiss.IO_FLAG_ONDISK_SAME_DIR)
+    ivf = faiss.extract_index_ivf(index)
+    where = {}
+    for lst in range(ivf.nlist):
+        n = ivf.invlists.list_size(lst)
+        if n:
+            for i in faiss.rev_swig_ptr(ivf.invlists.get_ids(lst), n).tolist():
+                where[i] = lst
+    with Gallery.open(folder) as g:
+        _, assigned = ivf.quantizer.search(np.ascontiguousarray(g.embeddings), 1)
+        return all(where[i] == a for i, a in zip(g.ids.tolist(), assigned[:, 0].tolist()))
+
+
+def test_update_after_a_killed_overwrite_does_not_merge_with_its_quantizer(tmp_path, tiny_model, monkeypatch):
+    """An --overwrite killed after training replaced faiss.trained.index; the next update of the still-published
+    gallery merged its old lists under the new quantizer (vectors in lists their centroids do not own)."""
+    from siamsearch.core.checkpoint import save_checkpoint
+    from siamsearch.core.config import ModelConfig
+    from siamsearch.core.model import EmbeddingNet
+
+    torch = pytest.importorskip("torch")
+    src = make_identity_folders(tmp_path / "imgs", n_ids=4, per_id=30)
+    build(src, tiny_model, tmp_path / "sh", shard_size=40, factory="IVF8,Flat").close()
+    torch.manual_seed(1)
+    cfg = ModelConfig(input_size=16, embedding_dim=8)
+    save_checkpoint(tmp_path / "other.pt", cfg, EmbeddingNet(cfg).state_dict(), {"note": "another model"})
+
+    def killed(*a, **kw):
+        raise SiamsearchError("killed after training")
+
+    with monkeypatch.context() as m:
+        m.setattr(ondisk, "write_parts", killed)
+        with pytest.raises(SiamsearchError, match="killed"):
+            build(src, tmp_path / "other.pt", tmp_path / "sh", shard_size=40, factory="IVF8,Flat", overwrite=True)
+    make_identity_folders(tmp_path / "more", n_ids=1, per_id=10, seed=7)
+    for p in (tmp_path / "more" / "id_0").iterdir():
+        p.rename(src / "id_0" / f"new_{p.name}")
+    with Gallery.open(tmp_path / "sh") as g:
+        report = g.update(workers=0, progress=False)
+    assert report.added == 10 and report.index == "rebuilt"
+    assert _lists_match_the_quantizer(tmp_path / "sh")

@@ -289,6 +289,8 @@ def _publish(folder: Path, source: Path, embedder, old: Optional[_sh.ShardedRead
                 "shards": [e.to_dict() for e in shards], "deleted": None}
     reader = _sh.ShardedReader(folder, manifest, deleted=(deleted, in_index))
     ann, state = _index(folder, old, reader, factory, max_index_memory, compact, gen)
+    # ties faiss.trained.index to this commit: an --overwrite killed after training replaces the file
+    manifest["attrs"]["trained_sha256"] = sha256_file(folder / ondisk.TRAINED_NAME)
     if len(deleted):
         manifest["deleted"] = f"deleted-{gen}.parquet"
         _sh.write_deleted(folder / manifest["deleted"], deleted, in_index & (state == "updated"))
@@ -338,6 +340,7 @@ def _index(folder: Path, old: Optional[_sh.ShardedReader], reader: _sh.ShardedRe
     base = None
     if old is not None and not compact and old.attrs.get("index_factory") == choice.factory \
             and old.attrs.get("requested_factory") == factory and trained.is_file() \
+            and old.attrs.get("trained_sha256") in (None, sha256_file(trained)) \
             and _store.index_is_current(folder, old.attrs):
         base, state = folder / _store.INDEX_NAME, "updated"
         new_ids = live[live >= old.n_rows]
