@@ -146,7 +146,8 @@ def test_pairs_csv_batch(model, data, tmp_path):
     assert r.exit_code == 0, r.output
     assert "accuracy" in r.stdout and "FAR" in r.stdout and "FRR" in r.stdout and "AUC" in r.stdout
     assert "broken.png" in r.stderr
-    got = list(csv.DictReader(open(out)))
+    with open(out, newline="") as f:
+        got = list(csv.DictReader(f))
     assert len(got) == 32 and got[30]["error"] and got[0]["is_same"] in ("true", "false")
     r = CliRunner().invoke(main, ["verify", "--pairs", str(csv_path), "--model", str(model), "--threshold",
                                   str(thr), "--json"])
