@@ -501,15 +501,18 @@ def test_info_counts_deleted_rows_and_an_interrupted_run_of_a_sharded_gallery(tm
     assert info["size"] == 23 and info["deleted_rows"] == 1 and not info["interrupted_run_pending"]
 
 
-@pytest.mark.parametrize("edit", ["next_id_too_small", "overlapping_ids"])
+@pytest.mark.parametrize("edit", ["next_id_too_small", "overlapping_ids", "wrong_dim"])
 def test_hand_edited_shard_id_ranges_are_a_clear_error(tmp_path, tiny_model, edit):
-    """next_id below the shards' ids gave an IndexError traceback; overlapping id ranges were read silently."""
+    """next_id below the shards' ids gave an IndexError traceback; overlapping id ranges were read silently; a
+    dim other than the model's was accepted by index info and query."""
     src = make_identity_folders(tmp_path / "imgs", n_ids=2, per_id=8)
     build(src, tiny_model, tmp_path / "sh", shard_size=8).close()
     path = tmp_path / "sh" / "shards.json"
     m = json.loads(path.read_text())
     if edit == "next_id_too_small":
         m["next_id"] = 3
+    elif edit == "wrong_dim":
+        m["dim"] = int(m["dim"]) + 1
     else:
         m["shards"][1]["first_id"] = 0
     path.write_text(json.dumps(m))

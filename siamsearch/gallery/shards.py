@@ -168,6 +168,16 @@ def _check_id_ranges(shards: list, next_id: int) -> None:
         raise ValueError(f"next_id {next_id} is below the shards' last id {end - 1}")
 
 
+def _check_dim(dim: int, attrs: dict) -> None:
+    """Raise ValueError when ``dim`` is not the embedding size of the model recorded in ``attrs``."""
+    config = attrs.get("model_config")
+    if not config:
+        return
+    model_dim = json.loads(config).get("embedding_dim") if isinstance(config, str) else None
+    if model_dim is not None and int(model_dim) != dim:
+        raise ValueError(f"dim {dim} is not the embedding size {model_dim} of the model that built it")
+
+
 class ShardedReader:
     """Read-only access to a sharded gallery (a :class:`~siamsearch.gallery.store.GalleryReader`).
 
@@ -194,6 +204,7 @@ class ShardedReader:
             self._dim = int(m["dim"])
             self._n = int(m["next_id"])
             _check_id_ranges(self.shards, self._n)
+            _check_dim(self._dim, m.get("attrs", {}))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise GalleryError(f"{self.path} is missing or damaged ({e}); rebuild it with `siamsearch index build "
                                f"IMAGE_DIR --model MODEL.pt --out {self.folder} --overwrite`") from None
