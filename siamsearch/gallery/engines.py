@@ -22,6 +22,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from ..core.errors import SiamsearchError
+from .resolve import embedding_precision
 
 ENGINES = ("local", "ray")
 RAY_HINT = "pip install 'siamsearch[ray]'"
@@ -348,7 +349,7 @@ def run_ray(tasks: list, source: Path, embedder, batch_size: int, progress: bool
     ds = ds.map_batches(EmbedActor, fn_constructor_kwargs={
         "model_path": os.path.abspath(embedder.path), "fingerprint": embedder.fingerprint, "device": device,
         "threads": threads, "sub_batch": batch_size,
-        "precision": getattr(embedder, "precision", "fp32") if device == "cpu" else "auto"},
+        "precision": embedding_precision(embedder) if device == "cpu" else "auto"},
         batch_size=rows, batch_format="numpy", concurrency=actors, **resources)
     yield from _collect(ds, tasks, rows)
 

@@ -24,6 +24,12 @@ def load_embedder(model: Any, device: str, precision: Optional[str] = None):
     return load_model(model, device=device, precision=precision)
 
 
+def embedding_precision(embedder: Any) -> str:
+    """The precision ``embedder`` embeds in (``fp32``, ``bf16`` or ``fp16``), as galleries and journals record
+    it; ``fp32`` for an object that does not say."""
+    return str(getattr(embedder, "precision", "fp32"))
+
+
 def check_gallery_model(folder: Path, attrs: dict, fingerprint: str, what: str, fix: str) -> None:
     """Raise :class:`FingerprintMismatch` unless ``fingerprint`` is the model that built the gallery.
 

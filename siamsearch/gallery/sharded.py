@@ -35,6 +35,7 @@ from . import ondisk
 from . import shards as _sh
 from . import store as _store
 from .engines import ENGINES, RaySession, ShardResult, ShardTask, run_local, run_ray
+from .resolve import embedding_precision
 from .results import BuildReport
 from .scan import same_stat
 from .sync import Plan, scan_source, store_attrs, gallery_manifest, json_or_raw, label_codes, plan_sync
@@ -182,8 +183,7 @@ def sync_sharded(folder: Path, source: Path, embedder, old: Optional[_sh.Sharded
     _store.remove_stale_temps(folder)
     _store.remove_stale_temps(folder / _sh.SHARDS_DIR)
     dim, scan, mode = scan_source(folder, source, old, embedder.dim, label_mode)
-    journal = ShardJournal(folder, embedder.fingerprint, str(source), dim, mode,
-                           str(getattr(embedder, "precision", "fp32")))
+    journal = ShardJournal(folder, embedder.fingerprint, str(source), dim, mode, embedding_precision(embedder))
     published = {s.file for s in old.shards} if old is not None else set()
     plan = plan_sync(source, old, scan, mode, journal.records(scan.stat(), published))
     if old is not None:

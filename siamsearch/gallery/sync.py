@@ -38,6 +38,7 @@ from . import guards
 from .scan import Scan, same_stat, scan_folder
 from .store import GalleryReader, RowBlock
 from .engines import embedding_layout
+from .resolve import embedding_precision
 from .write import write_rows
 
 #: An approximate index is rebuilt (re-trained, re-tuned) when the gallery has grown or shrunk by this factor.
@@ -322,8 +323,7 @@ def sync(folder: Path, source: Path, embedder, old: Optional[GalleryReader], fac
     if batch_size < 1:
         raise SiamsearchError(f"batch size must be at least 1, got {batch_size}")
     dim, scan, mode = scan_source(folder, source, old, embedder.dim, label_mode)
-    pending = _store.PendingLog(folder, embedder.fingerprint, str(source), dim, mode,
-                                str(getattr(embedder, "precision", "fp32")))
+    pending = _store.PendingLog(folder, embedder.fingerprint, str(source), dim, mode, embedding_precision(embedder))
     journal = journal_records(pending, scan.stat())  # rows recovered from an interrupted run
     plan = plan_sync(source, old, scan, mode, journal)
     if old is not None:
@@ -408,7 +408,7 @@ def store_attrs(old: Optional[GalleryReader], embedder, source: Path, label_mode
     """The new store's attributes (index ones are filled in at commit). ``kept``: rows of ``old`` stay, so
     the recorded precision names theirs too when this run embeds in another (``fp32+bf16``)."""
     created = old.attrs.get("created", _store.now_iso()) if old is not None else _store.now_iso()
-    precision = str(getattr(embedder, "precision", "fp32"))
+    precision = embedding_precision(embedder)
     if old is not None and kept:
         before = str(old.attrs.get("embedding_precision", "fp32")).split("+")
         precision = "+".join(before + [precision] if precision not in before else before)
