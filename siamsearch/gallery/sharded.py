@@ -288,9 +288,9 @@ def _publish(folder: Path, source: Path, embedder, old: Optional[_sh.ShardedRead
                 "next_id": max([e.id_end for e in shards] + [old.n_rows if old is not None else 0]),
                 "shards": [e.to_dict() for e in shards], "deleted": None}
     reader = _sh.ShardedReader(folder, manifest, deleted=(deleted, in_index))
-    ann, state = _index(folder, old, reader, factory, max_index_memory, compact, gen)
+    ann, state, trained_sha256 = _index(folder, old, reader, factory, max_index_memory, compact, gen)
     # ties faiss.trained.index to this commit: an --overwrite killed after training replaces the file
-    manifest["attrs"]["trained_sha256"] = sha256_file(folder / ondisk.TRAINED_NAME)
+    manifest["attrs"]["trained_sha256"] = trained_sha256
     if len(deleted):
         manifest["deleted"] = f"deleted-{gen}.parquet"
         _sh.write_deleted(folder / manifest["deleted"], deleted, in_index & (state == "updated"))
@@ -329,8 +329,12 @@ def _compact(folder: Path, shards: list, deleted: np.ndarray, number: int) -> li
 
 
 def _index(folder: Path, old: Optional[_sh.ShardedReader], reader: _sh.ShardedReader, factory: str,
-           max_index_memory: Optional[int], compact: bool, gen: str) -> tuple[_ann.AnnIndex, str]:
-    """The merged on-disk index of ``reader``'s live rows: the old one plus new shards, or a new one."""
+           max_index_memory: Optional[int], compact: bool, gen: str) -> tuple[_ann.AnnIndex, str, str]:
+    """The merged on-disk index of ``reader``'s live rows: the old one plus new shards, or a new one.
+
+    Returns:
+        ``(index, "updated" | "built" | "rebuilt", SHA-256 of the faiss.trained.index it was built with)``.
+    """
     live = reader.live_ids()
     source = reader.source(live)
     work = folder / _store.PENDING_NAME / f"parts-{gen}"
@@ -338,10 +342,11 @@ def _index(folder: Path, old: Optional[_sh.ShardedReader], reader: _sh.ShardedRe
     trained = folder / ondisk.TRAINED_NAME
     choice = _choice(factory, len(live), reader.dim, max_index_memory)
     base = None
-    if old is not None and not compact and old.attrs.get("index_factory") == choice.factory \
-            and old.attrs.get("requested_factory") == factory and trained.is_file() \
-            and old.attrs.get("trained_sha256") in (None, sha256_file(trained)) \
-            and _store.index_is_current(folder, old.attrs):
+    reusable = old is not None and not compact and old.attrs.get("index_factory") == choice.factory \
+        and old.attrs.get("requested_factory") == factory and trained.is_file() \
+        and _store.index_is_current(folder, old.attrs)
+    trained_sha256 = sha256_file(trained) if reusable else None  # hashed only when it may be reused
+    if reusable and old.attrs.get("trained_sha256") in (None, trained_sha256):
         base, state = folder / _store.INDEX_NAME, "updated"
         new_ids = live[live >= old.n_rows]
         blocks = reader.source(new_ids).shard_blocks()
@@ -351,6 +356,7 @@ def _index(folder: Path, old: Optional[_sh.ShardedReader], reader: _sh.ShardedRe
         index = ondisk.train_empty(source, choice)
         with atomic_path(trained) as tmp:
             faiss.write_index(index, tmp)
+        trained_sha256 = sha256_file(trained)
         blocks, params = source.shard_blocks(), {}
     parts = ondisk.write_parts(trained, blocks, work)
     merged = ondisk.merge(trained, parts, ivfdata, base=base)
@@ -359,7 +365,7 @@ def _index(folder: Path, old: Optional[_sh.ShardedReader], reader: _sh.ShardedRe
                         tombstones=reader.index_tombstones() if state == "updated" else ())
     if state != "updated" or not isinstance(params.get("tuned_on"), int):
         ondisk.tune(ann, source)
-    return ann, state
+    return ann, state, trained_sha256
 
 
 def _choice(factory: str, n: int, dim: int, max_index_memory: Optional[int]) -> ondisk.IndexChoice:
