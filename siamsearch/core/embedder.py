@@ -47,7 +47,7 @@ class _Pick:
         return self.items[i]
 
 
-class _PickDigested:
+class DigestedFiles:
     """``i -> Digested(image of paths[i], SHA-256 of its bytes)``: one read per file, decoded as a path given to
     the transform would be (JPEGs at reduced scale down to ``min_size``). Picklable, for decoding workers."""
 
@@ -183,7 +183,7 @@ class Embedder:
         """
         paths = list(paths)
         if digests:
-            load: Callable = _PickDigested(paths, decode_size(self.config), decode_mode(self.config))
+            load: Callable = DigestedFiles(paths, decode_size(self.config), decode_mode(self.config))
         else:  # the transform decodes each path (JPEGs at reduced scale), as for a path given to embed()
             load = _Pick(paths)
         yield from self.embed_items(len(paths), load, batch_size=batch_size, workers=workers,

@@ -291,9 +291,10 @@ class Digested:
         self.image, self.digest = image, digest
 
 
-class _Items(Dataset):
+class Items(Dataset):
     """Item ``i`` is ``(i, transform(load(i)), digest or None)``, or ``(i, reason, None)`` when it cannot be
-    read."""
+    read: the one place an item is loaded and preprocessed for embedding, with its failure reasons (the
+    embedding loop here and the Ray engine's decoding task both use it)."""
 
     def __init__(self, n: int, load: Callable, transform: Callable):
         self.n, self.load, self.transform = int(n), load, transform
@@ -322,7 +323,7 @@ def _collate(items):
     return positions, batch, failures, digests
 
 
-def _batch_at(items: "_Items", lo: int, size: int):
+def _batch_at(items: "Items", lo: int, size: int):
     """:func:`_collate` of items ``lo .. lo + size - 1`` (fewer at the end)."""
     return _collate([items[i] for i in range(lo, min(len(items), lo + size))])
 
@@ -341,7 +342,7 @@ class _EmbeddedBatches(Dataset):
     """Item ``b`` is batch ``b`` decoded *and embedded*: ``(positions [k] int64, embeddings [k, dim] float32,
     failures, digests)``, for workers that each run the model on their own batches (see :func:`stream_embeddings`)."""
 
-    def __init__(self, items: _Items, forward: Callable, batch_size: int, dim: int):
+    def __init__(self, items: Items, forward: Callable, batch_size: int, dim: int):
         self.items, self.forward, self.batch_size, self.dim = items, forward, int(batch_size), int(dim)
 
     def __len__(self) -> int:
@@ -405,7 +406,7 @@ def stream_embeddings(forward: Callable[[torch.Tensor], np.ndarray], n: int, loa
     """
     if batch_size < 1:
         raise SiamsearchError(f"batch size must be at least 1, got {batch_size}")
-    items = _Items(n, load, transform)
+    items = Items(n, load, transform)
     if embed_workers > 0:
         loader = DataLoader(_EmbeddedBatches(items, forward, batch_size, dim), batch_size=None, shuffle=False,
                             num_workers=embed_workers, persistent_workers=False, prefetch_factor=2,

@@ -200,33 +200,29 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 
 
 def _decode_batch(batch: dict, config_json: str) -> dict:
-    """Ray Data task: read, hash, decode and preprocess a batch of files (CPU), as the local engine does
-    (:func:`~siamsearch.core.images.read_image_digest`: one read, the hash of the bytes decoded, JPEGs at
-    reduced scale), so that both engines store the same embeddings and hashes."""
+    """Ray Data task: read, hash, decode and preprocess a batch of files (CPU) with the local engine's reader
+    and item loader (:class:`~siamsearch.core.embedder.DigestedFiles`, :class:`~siamsearch.core.inference.Items`:
+    one read, the hash of the bytes decoded, JPEGs at reduced scale, the same failure reasons), so that both
+    engines store the same embeddings and hashes."""
     from ..core.config import ModelConfig
-    from ..core.errors import UnreadableImage
-    from ..core.images import read_image_digest
+    from ..core.embedder import DigestedFiles
+    from ..core.inference import Items
     from ..core.preprocess import build_transform, decode_mode, decode_size
 
     config = ModelConfig.from_json(config_json)
-    transform = build_transform(config, train=False)
-    min_size, mode = decode_size(config), decode_mode(config)
+    paths = batch["path"].tolist()
+    items = Items(len(paths), DigestedFiles(paths, decode_size(config), decode_mode(config)),
+                  build_transform(config, train=False))
     pixels, ok, reasons, shas = [], [], [], []
     shape = None
-    for path in batch["path"].tolist():
-        try:
-            image, sha = read_image_digest(path, min_size, mode)
-            x = transform(image).numpy()
-            shape = x.shape
-            pixels.append(x)
-            ok.append(True)
-            reasons.append("")
-            shas.append(sha)
-        except UnreadableImage as e:
-            pixels.append(None), ok.append(False), reasons.append(e.reason), shas.append("")
-        except Exception as e:  # a decoder bug on one file must not stop a long run
-            pixels.append(None), ok.append(False), shas.append("")
-            reasons.append(f"cannot preprocess ({type(e).__name__}: {e})")
+    for j in range(len(paths)):
+        _, x, sha = items[j]
+        if isinstance(x, str):  # the reason it could not be read
+            pixels.append(None), ok.append(False), reasons.append(x), shas.append("")
+            continue
+        x = x.numpy()
+        shape = x.shape
+        pixels.append(x), ok.append(True), reasons.append(""), shas.append(sha)
     if shape is None:
         shape = (config.in_channels, config.input_size, config.input_size)
     filled = np.stack([p if p is not None else np.zeros(shape, "float32") for p in pixels]).astype("float32")
